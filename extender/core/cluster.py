@@ -1,0 +1,101 @@
+"""Build a ledger from Kubernetes objects: Node dicts and Pod dicts, as the API server or a file holds them.
+
+Used at start (list), by static mode and by the simulator. A pod holds GPUs when it is bound
+(``spec.nodeName``), carries a valid ``fracgpu.io/assignment`` for that node, and has not terminated
+(``Succeeded``/``Failed`` pods have released their devices). A terminating pod (``deletionTimestamp`` set)
+still holds them until it is gone. Anything that cannot be read becomes a warning naming the object and the
+problem; one bad object never stops the rest from loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .assignment import Assignment, from_annotation
+from .errors import CorruptAnnotation
+from .inventory import parse_node
+from .ledger import Ledger
+from .settings import ASSIGNMENT_ANNOTATION, CoreSettings
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass
+class LoadReport:
+    nodes: int = 0
+    pods: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def pod_assignment(pod: Mapping) -> Assignment | None:
+    """The assignment a pod holds right now, or None. Raises CorruptAnnotation for a bad annotation."""
+    metadata = pod.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    raw = annotations.get(ASSIGNMENT_ANNOTATION)
+    if raw is None:
+        return None
+    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    node = (pod.get("spec") or {}).get("nodeName")
+    namespace = metadata.get("namespace") or "default"
+    name = metadata.get("name") or "?"
+    assignment = from_annotation(raw, pod_uid=metadata.get("uid") or "", namespace=namespace, name=name)
+    if not node:
+        return None  # annotated but not bound: a Binding that never landed
+    if assignment.node != node:
+        raise CorruptAnnotation(
+            ASSIGNMENT_ANNOTATION, f"pod {namespace}/{name}",
+            f"names node {assignment.node} but the pod is bound to {node}",
+        )
+    return assignment
+
+
+def load_node(ledger: Ledger, node: Mapping, report: LoadReport | None = None) -> None:
+    """Add, replace or exclude one node; a corrupt inventory excludes the node with the reason."""
+    name = ((node.get("metadata") or {}).get("name") if isinstance(node, Mapping) else None) or "?"
+    try:
+        inventory = parse_node(node, ledger.settings)
+    except CorruptAnnotation as exc:
+        ledger.exclude_node(name, str(exc))
+        if report is not None:
+            report.warnings.append(str(exc))
+        return
+    if inventory is None:
+        ledger.remove_node(name)
+        return
+    ledger.upsert_node(inventory)
+    if report is not None:
+        report.nodes += 1
+
+
+def load_pod(ledger: Ledger, pod: Mapping, report: LoadReport | None = None) -> None:
+    """Adopt what a pod holds (or release it when it holds nothing any more)."""
+    metadata = pod.get("metadata") or {}
+    uid = metadata.get("uid") or ""
+    try:
+        assignment = pod_assignment(pod)
+    except CorruptAnnotation as exc:
+        ledger.release(uid)
+        if report is not None:
+            report.warnings.append(str(exc))
+        return
+    if assignment is None:
+        ledger.release(uid)
+        return
+    warning = ledger.adopt(assignment)
+    if report is not None:
+        report.pods += 1
+        if warning:
+            report.warnings.append(warning)
+
+
+def build_ledger(settings: CoreSettings, nodes: Iterable[Mapping], pods: Iterable[Mapping]) -> tuple[Ledger, LoadReport]:
+    """A ledger holding these nodes and what these pods hold (invariant 4: equal to the live one)."""
+    ledger = Ledger(settings)
+    report = LoadReport()
+    for node in nodes:
+        load_node(ledger, node, report)
+    for pod in pods:
+        load_pod(ledger, pod, report)
+    return ledger, report

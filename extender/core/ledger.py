@@ -1,0 +1,437 @@
+"""The ledger: what every GPU offers, what is charged to it, and which pod holds what.
+
+State is kept as numpy arrays with one row per node and one column per GPU position (GPUs sorted by index),
+so that filtering hundreds of nodes is a handful of vector operations. Pods are kept by UID with a reverse
+index per node, so a release touches one row.
+
+Free capacity of a GPU (DESIGN.md, "Headroom"):
+
+    free units  = unitsPerGpu - Σ units charged                         (0 offered if unhealthy or MIG)
+    free memory = (memoryMiB - reserve) - max(Σ MiB charged, MiB observed in use by the agent)
+
+Two ways in: :meth:`Ledger.reserve` checks that the pod fits (invariant 1 can never be broken through it);
+:meth:`Ledger.adopt` records what already runs in the cluster, as the pods' annotations say, even when that is
+over-committed (the truth is not dropped), and returns a warning that says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .assignment import Assignment
+from .errors import LedgerConflict
+from .inventory import NodeInventory
+from .settings import CoreSettings
+
+EMPTY_POOL = -1  # gpu_pool: no pod on the GPU
+MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); no pool may add to it
+NO_POOL = 0  # pool id of "no pool"
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash that is the same in every process (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    index: int
+    uuid: str | None
+    units: int
+    memory_mib: int
+
+
+class Ledger:
+    """Per-GPU capacity and charges for every node, and every pod's assignment."""
+
+    _GPU_ARRAYS = (
+        ("present", np.bool_), ("healthy", np.bool_), ("mig", np.bool_), ("model", np.int32),
+        ("offered_units", np.int64), ("mem_total", np.int64), ("mem_usable", np.int64), ("observed", np.int64),
+        ("used_units", np.int64), ("used_mem", np.int64), ("pods", np.int32), ("gpu_pool", np.int32),
+        ("gpu_shape", np.int64), ("free_units", np.int64), ("free_mem", np.int64),
+    )
+    _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32))
+
+    def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
+        self.settings = settings
+        self.units_per_gpu = settings.units_per_gpu
+        self._width = width
+        self._capacity = 0
+        self._rows: dict[str, int] = {}
+        self._free_rows: list[int] = []
+        self._inventory: list[NodeInventory | None] = []
+        self._by_index: list[dict[int, int]] = []
+        self._by_uuid: list[dict[str, int]] = []
+        self._shapes: list[Counter] = []
+        self._pool_ids: dict[str | None, int] = {None: NO_POOL}
+        self._pool_names: list[str | None] = [None]
+        self._model_ids: dict[str, int] = {}
+        self._model_names: list[str] = []
+        self._assignments: dict[str, Assignment] = {}
+        self._charges: dict[str, tuple[_Charge, ...]] = {}
+        self._reserved: set[str] = set()
+        self._by_node: dict[str, set[str]] = {}
+        self._problems: dict[str, str] = {}
+        self._orphans: dict[str, str] = {}
+        self._max_node: tuple[int, int] | None = None
+        self.generation = 0
+        self._grow(rows)
+
+    # ---------------------------------------------------------------- nodes
+    def upsert_node(self, inventory: NodeInventory) -> None:
+        """Add or replace a node's GPUs; the pods already charged to it are charged again on the new GPUs."""
+        name = inventory.name
+        self._problems.pop(name, None)
+        if len(inventory.gpus) > self._width:
+            self._widen(len(inventory.gpus))
+        row = self._rows.get(name)
+        if row is None:
+            if not self._free_rows:
+                self._grow(self._capacity * 2)
+            row = self._free_rows.pop()
+            self._rows[name] = row
+        self._clear_row(row)
+        self._inventory[row] = inventory
+        self.live[row] = True
+        self.node_pool[row] = self.pool_id(inventory.pool)
+        self.node_hash[row] = np.uint64(stable_hash(name))
+        self.gpu_count[row] = len(inventory.gpus)
+        units = self.units_per_gpu
+        for pos, gpu in enumerate(inventory.gpus):
+            self.present[row, pos] = True
+            self.healthy[row, pos] = gpu.healthy
+            self.mig[row, pos] = gpu.mig
+            self.model[row, pos] = self.model_id(gpu.model)
+            self.mem_total[row, pos] = gpu.memory_mib
+            self.observed[row, pos] = gpu.used_memory_mib
+            if gpu.offered:
+                self.offered_units[row, pos] = units
+                self.mem_usable[row, pos] = gpu.memory_mib - self.settings.reserve_for(gpu.memory_mib)
+        self._by_index[row] = {gpu.index: pos for pos, gpu in enumerate(inventory.gpus)}
+        self._by_uuid[row] = {gpu.uuid: pos for pos, gpu in enumerate(inventory.gpus) if gpu.uuid}
+        self._max_node = None
+        self._recompute_row(name, row)
+
+    def remove_node(self, name: str) -> None:
+        """Forget a node's GPUs. Its pods keep their assignments (they still exist) until they are released."""
+        row = self._rows.pop(name, None)
+        if row is None:
+            return
+        self._clear_row(row)
+        self._inventory[row] = None
+        self._free_rows.append(row)
+        self._max_node = None
+        self.generation += 1
+
+    def exclude_node(self, name: str, reason: str) -> None:
+        """Take a node out of placement with a reason (a corrupt inventory), without losing its pods."""
+        self.remove_node(name)
+        self._problems[name] = reason
+        self.generation += 1
+
+    def problem(self, name: str) -> str | None:
+        return self._problems.get(name)
+
+    def problems(self) -> dict[str, str]:
+        return dict(self._problems)
+
+    def row_of(self, name: str) -> int | None:
+        return self._rows.get(name)
+
+    def inventory(self, name: str) -> NodeInventory | None:
+        row = self._rows.get(name)
+        return None if row is None else self._inventory[row]
+
+    def inventory_at(self, row: int) -> NodeInventory:
+        inventory = self._inventory[row]
+        assert inventory is not None, f"row {row} holds no node"
+        return inventory
+
+    def node_names(self) -> list[str]:
+        return sorted(self._rows)
+
+    def shapes_at(self, row: int) -> Counter:
+        return self._shapes[row]
+
+    def max_node_capacity(self) -> tuple[int, int]:
+        """(units, usable MiB) of the largest node: the fixed scale of best-fit and GPU-clustering scores."""
+        if self._max_node is None:
+            live = self.live[: self._capacity]
+            units = self.offered_units[: self._capacity].sum(axis=1)[live]
+            memory = self.mem_usable[: self._capacity].sum(axis=1)[live]
+            self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)))
+        return self._max_node
+
+    def pool_id(self, pool: str | None) -> int:
+        if pool not in self._pool_ids:
+            self._pool_ids[pool] = len(self._pool_names)
+            self._pool_names.append(pool)
+        return self._pool_ids[pool]
+
+    def pool_name(self, pool_id: int) -> str | None:
+        return self._pool_names[pool_id]
+
+    def model_id(self, model: str) -> int:
+        if model not in self._model_ids:
+            self._model_ids[model] = len(self._model_names)
+            self._model_names.append(model)
+        return self._model_ids[model]
+
+    def model_names(self) -> list[str]:
+        return list(self._model_names)
+
+    # ---------------------------------------------------------------- pods
+    def reserve(self, assignment: Assignment) -> None:
+        """Hold the assignment's GPUs for a pod that is being bound. Raises :class:`LedgerConflict` (and
+        changes nothing) when the pod already holds GPUs or the assignment does not fit right now."""
+        uid = assignment.pod_uid
+        if not uid:
+            raise LedgerConflict(f"pod {assignment.key}: cannot reserve GPUs without a pod UID")
+        if uid in self._assignments:
+            held = self._assignments[uid]
+            raise LedgerConflict(f"pod {assignment.key} ({uid}) already holds GPUs on node {held.node}")
+        row = self._rows.get(assignment.node)
+        if row is None:
+            why = self._problems.get(assignment.node, "no GPU inventory is known for it")
+            raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} cannot take pods: {why}")
+        pool = self.pool_id(assignment.pool)
+        if self.node_pool[row] != pool:
+            raise LedgerConflict(
+                f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(int(self.node_pool[row]))!r}, "
+                f"the pod in pool {assignment.pool!r}"
+            )
+        charges = _charges_of(assignment)
+        for charge in charges:
+            pos = self._position(row, charge)
+            where = f"pod {assignment.key}: node {assignment.node} GPU {charge.index}"
+            if pos is None:
+                raise LedgerConflict(f"{where}: no such GPU (uuid {charge.uuid})")
+            if charge.units > self.free_units[row, pos]:
+                raise LedgerConflict(f"{where}: asks {charge.units} units, {self.free_units[row, pos]} free")
+            if charge.memory_mib > self.free_mem[row, pos]:
+                raise LedgerConflict(f"{where}: asks {charge.memory_mib} MiB, {self.free_mem[row, pos]} MiB free")
+            holder = self.gpu_pool[row, pos]
+            if holder not in (EMPTY_POOL, pool):
+                raise LedgerConflict(f"{where}: held by pods of another pool")
+        self._record(assignment, charges)
+        self._reserved.add(uid)
+        self._apply(row, assignment.node, uid)
+
+    def commit(self, uid: str) -> None:
+        """The reservation became a binding: the pod keeps its GPUs until released."""
+        if uid not in self._reserved:
+            raise LedgerConflict(f"pod UID {uid} has no reservation to commit")
+        self._reserved.discard(uid)
+        self.generation += 1
+
+    def adopt(self, assignment: Assignment) -> str | None:
+        """Record an assignment that already exists in the cluster (a bound pod's annotation).
+
+        Adopting the same assignment again is a no-op; a different one for the same UID replaces it. Returns a
+        warning when the node is unknown, a GPU is missing or the GPU is over-committed, else ``None``.
+        """
+        uid = assignment.pod_uid
+        current = self._assignments.get(uid)
+        if current == assignment and uid not in self._reserved:
+            return self._orphans.get(uid)
+        if current is not None:
+            self.release(uid)
+        self._record(assignment, _charges_of(assignment))
+        row = self._rows.get(assignment.node)
+        if row is None:
+            self._orphans[uid] = f"pod {assignment.key}: node {assignment.node} is not known (yet)"
+            self.generation += 1
+            return self._orphans[uid]
+        self._apply(row, assignment.node, uid)
+        return self._orphans.get(uid) or self._overcommit(row, assignment)
+
+    def release(self, uid: str) -> Assignment | None:
+        """Return every unit and MiB the pod held (invariant 5). Unknown UIDs are a no-op returning None."""
+        assignment = self._assignments.pop(uid, None)
+        if assignment is None:
+            return None
+        self._charges.pop(uid, None)
+        self._reserved.discard(uid)
+        self._orphans.pop(uid, None)
+        holders = self._by_node.get(assignment.node)
+        if holders is not None:
+            holders.discard(uid)
+            if not holders:
+                del self._by_node[assignment.node]
+        row = self._rows.get(assignment.node)
+        if row is not None:
+            self._recompute_row(assignment.node, row)
+        else:
+            self.generation += 1
+        return assignment
+
+    def assignment(self, uid: str) -> Assignment | None:
+        return self._assignments.get(uid)
+
+    def is_reserved(self, uid: str) -> bool:
+        return uid in self._reserved
+
+    def assignments(self) -> Iterator[Assignment]:
+        return iter(self._assignments.values())
+
+    def pods_on(self, node: str) -> list[Assignment]:
+        return [self._assignments[uid] for uid in sorted(self._by_node.get(node, ()))]
+
+    def orphans(self) -> dict[str, str]:
+        return dict(self._orphans)
+
+    # ---------------------------------------------------------------- reading
+    def gpu_table(self, name: str) -> list[dict]:
+        """One dict per GPU of a node: capacity, charged, free and holders (for people and /inspect)."""
+        row = self._rows.get(name)
+        if row is None:
+            return []
+        holders: dict[int, list[str]] = {}
+        for assignment in self.pods_on(name):
+            for charge in self._charges[assignment.pod_uid]:
+                holders.setdefault(charge.index, []).append(assignment.key)
+        table = []
+        for pos, gpu in enumerate(self.inventory_at(row).gpus):
+            pool = int(self.gpu_pool[row, pos])
+            table.append({
+                "index": gpu.index, "uuid": gpu.uuid, "model": gpu.model, "healthy": gpu.healthy, "mig": gpu.mig,
+                "unitsOffered": int(self.offered_units[row, pos]), "unitsUsed": int(self.used_units[row, pos]),
+                "unitsFree": int(self.free_units[row, pos]), "memoryMiB": gpu.memory_mib,
+                "memoryUsableMiB": int(self.mem_usable[row, pos]), "memoryChargedMiB": int(self.used_mem[row, pos]),
+                "memoryObservedMiB": int(self.observed[row, pos]), "memoryFreeMiB": int(self.free_mem[row, pos]),
+                "pool": None if pool == EMPTY_POOL else ("<mixed>" if pool == MIXED_POOL else self.pool_name(pool)),
+                "pods": sorted(holders.get(gpu.index, [])),
+            })
+        return table
+
+    def snapshot(self, *, include_reserved: bool = True) -> dict:
+        """A canonical, comparable picture of the ledger (invariant 4 compares two of these)."""
+        uids = sorted(u for u in self._assignments if include_reserved or u not in self._reserved)
+        nodes = {}
+        for name in sorted(self._rows):
+            row = self._rows[name]
+            count = int(self.gpu_count[row])
+            nodes[name] = [
+                (int(self.used_units[row, p]), int(self.used_mem[row, p]), int(self.pods[row, p]),
+                 int(self.gpu_pool[row, p]))
+                for p in range(count)
+            ]
+        return {"nodes": nodes, "assignments": {u: self._assignments[u] for u in uids}}
+
+    # ---------------------------------------------------------------- internals
+    def _record(self, assignment: Assignment, charges: tuple[_Charge, ...]) -> None:
+        uid = assignment.pod_uid
+        self._assignments[uid] = assignment
+        self._charges[uid] = charges
+        self._by_node.setdefault(assignment.node, set()).add(uid)
+
+    def _position(self, row: int, charge: _Charge) -> int | None:
+        if charge.uuid:
+            return self._by_uuid[row].get(charge.uuid)
+        return self._by_index[row].get(charge.index)
+
+    def _apply(self, row: int, node: str, uid: str) -> None:
+        pool = self.pool_id(self._assignments[uid].pool)
+        shapes = self._shapes[row]
+        for charge in self._charges[uid]:
+            pos = self._position(row, charge)
+            if pos is None:
+                self._orphans[uid] = (
+                    f"pod {self._assignments[uid].key}: node {node} has no GPU {charge.index} (uuid {charge.uuid})"
+                )
+                continue
+            self.used_units[row, pos] += charge.units
+            self.used_mem[row, pos] += charge.memory_mib
+            if self.pods[row, pos] == 0:
+                self.gpu_pool[row, pos] = pool
+                self.gpu_shape[row, pos] = charge.units
+            else:
+                if self.gpu_pool[row, pos] != pool:
+                    self.gpu_pool[row, pos] = MIXED_POOL
+                if self.gpu_shape[row, pos] != charge.units:
+                    self.gpu_shape[row, pos] = -1
+            self.pods[row, pos] += 1
+            shapes[charge.units] += 1
+        self._refresh_free(row)
+
+    def _recompute_row(self, name: str, row: int) -> None:
+        for array in (self.used_units, self.used_mem, self.pods, self.gpu_shape):
+            array[row] = 0
+        self.gpu_pool[row] = EMPTY_POOL
+        self._shapes[row] = Counter()
+        for uid in sorted(self._by_node.get(name, ())):
+            self._orphans.pop(uid, None)
+            self._apply(row, name, uid)
+        self._refresh_free(row)
+
+    def _refresh_free(self, row: int) -> None:
+        self.free_units[row] = self.offered_units[row] - self.used_units[row]
+        self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
+        self.generation += 1
+
+    def _overcommit(self, row: int, assignment: Assignment) -> str | None:
+        bad = [
+            f"GPU {self.inventory_at(row).gpus[p].index}"
+            for p in range(int(self.gpu_count[row]))
+            if self.used_units[row, p] > self.offered_units[row, p] or self.used_mem[row, p] > self.mem_usable[row, p]
+            or self.gpu_pool[row, p] == MIXED_POOL
+        ]
+        if not bad:
+            return None
+        return f"pod {assignment.key}: node {assignment.node} is over-committed on {', '.join(bad)} (adopted as found)"
+
+    def _clear_row(self, row: int) -> None:
+        for name, _ in self._GPU_ARRAYS:
+            getattr(self, name)[row] = 0
+        self.model[row] = -1
+        self.gpu_pool[row] = EMPTY_POOL
+        for name, _ in self._ROW_ARRAYS:
+            getattr(self, name)[row] = 0
+        self._shapes[row] = Counter()
+        self._by_index[row] = {}
+        self._by_uuid[row] = {}
+
+    def _grow(self, rows: int) -> None:
+        old = self._capacity
+        for name, dtype in self._GPU_ARRAYS:
+            array = np.zeros((rows, self._width), dtype=dtype)
+            if old:
+                array[:old] = getattr(self, name)
+            setattr(self, name, array)
+        for name, dtype in self._ROW_ARRAYS:
+            array = np.zeros(rows, dtype=dtype)
+            if old:
+                array[:old] = getattr(self, name)
+            setattr(self, name, array)
+        self._inventory.extend([None] * (rows - old))
+        self._by_index.extend({} for _ in range(rows - old))
+        self._by_uuid.extend({} for _ in range(rows - old))
+        self._shapes.extend(Counter() for _ in range(rows - old))
+        for row in range(old, rows):
+            self._clear_row(row)
+        self._free_rows.extend(range(rows - 1, old - 1, -1))
+        self._capacity = rows
+
+    def _widen(self, width: int) -> None:
+        for name, dtype in self._GPU_ARRAYS:
+            array = np.zeros((self._capacity, width), dtype=dtype)
+            array[:, : self._width] = getattr(self, name)
+            if name == "model":
+                array[:, self._width:] = -1
+            if name == "gpu_pool":
+                array[:, self._width:] = EMPTY_POOL
+            setattr(self, name, array)
+        self._width = width
+
+
+def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:
+    uuids = {s.index: s.uuid for c in assignment.containers for s in c.gpus}
+    return tuple(
+        _Charge(index=index, uuid=uuids[index], units=units, memory_mib=memory)
+        for index, (units, memory) in assignment.charges().items()
+    )

@@ -1,0 +1,481 @@
+"""Filter, score and choose GPUs: one evaluation that Filter, Prioritize, Bind and the simulator all use.
+
+``evaluate(ledger, pod, nodes, policy)`` answers, for every candidate node, either a fit with a score in
+[0, 10] and the GPUs the pod would get, or a misfit. A misfit's ``message`` is the same text for every node
+that fails the same way (kube-scheduler counts identical reasons in its event: "0/500 nodes are available:
+480 fracgpu: insufficient GPU memory ..."), and ``Evaluation.misfit(node)`` lists every reason (node, GPU,
+resource, asked, free). Unresolvable misfits (pool, model, too few or too small GPUs, no inventory) are those
+preemption cannot cure.
+
+Two paths, one answer:
+
+* a pod with a single GPU container (nearly all pods) is evaluated for all candidates at once with numpy: a
+  node fits iff at least ``count`` of its GPUs each pass every check;
+* a pod with several GPU containers (or init phases) is placed per node by an exact, bounded backtracking
+  search in policy order (:func:`_search_row`).
+
+``place`` is ``evaluate`` on one node, so "Filter says it fits" ⇔ "Bind finds a placement" on the same state
+(DESIGN.md invariant 3) holds by construction, and property tests check it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .assignment import Assignment, ContainerAssignment, GpuShare
+from .inventory import NodeInventory
+from .ledger import EMPTY_POOL, Ledger, stable_hash
+from .policies import Need, Policy, View
+from .resources import ContainerNeed, PodRequest, model_matches
+from .topology import best_connected, connectivity, link_graph
+
+# Misfit codes. Below RESOLVABLE: preemption cannot help. RESOLVABLE + bits: 1 units, 2 memory, 4 GPU pool.
+FIT, UNKNOWN, EXCLUDED, POOL, MODEL, TOO_FEW, TOO_BIG = 0, 1, 2, 3, 4, 5, 6
+RESOLVABLE = 8
+JOINT = 16
+SEARCH_BUDGET = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason a node or one of its GPUs cannot take the request."""
+
+    node: str
+    gpu: int | None
+    resource: str
+    asked: object
+    free: object
+    unresolvable: bool
+
+    def __str__(self) -> str:
+        where = f"node {self.node}" + (f" GPU {self.gpu}" if self.gpu is not None else "")
+        return f"{where}: {self.resource}: asked {self.asked}, free {self.free}"
+
+
+@dataclass(frozen=True, slots=True)
+class Misfit:
+    node: str
+    message: str
+    unresolvable: bool
+    reasons: tuple[Reason, ...]
+
+    def explain(self) -> str:
+        return self.message + "".join(f"\n  - {r}" for r in self.reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    node: str
+    score: float
+    containers: tuple[ContainerAssignment, ...]
+
+    def assignment(self, pod: PodRequest, policy: str) -> Assignment:
+        return Assignment(
+            pod_uid=pod.uid, namespace=pod.namespace, name=pod.name, node=self.node, pool=pod.pool,
+            policy=policy, containers=self.containers,
+        )
+
+
+class Evaluation:
+    """The answer for one pod over a list of candidate nodes (see module docstring)."""
+
+    def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, failed: dict[str, str],
+                 unresolvable: dict[str, str], explainer: "_Explainer") -> None:
+        self.pod = pod
+        self.fits = fits
+        self.scores = scores
+        self.failed = failed
+        self.unresolvable = unresolvable
+        self._explainer = explainer
+
+    def score_of(self, node: str) -> float:
+        return float(self.scores[self.fits.index(node)])
+
+    def best(self, tie_break: Literal["name", "order"] = "name") -> str | None:
+        """The fitting node with the highest score; ties go to the smallest name (or the first candidate)."""
+        if not self.fits:
+            return None
+        top = self.scores.max()
+        tied = [n for n, s in zip(self.fits, self.scores) if s == top]
+        return min(tied) if tie_break == "name" else tied[0]
+
+    def placement(self, node: str) -> Placement:
+        """The GPUs the pod gets on a fitting node."""
+        if node not in self._explainer.fit_rows:
+            raise KeyError(f"node {node} does not fit pod {self.pod.key}")
+        return self._explainer.placement(node, self.score_of(node))
+
+    def misfit(self, node: str) -> Misfit:
+        """Every reason this node does not fit."""
+        message = self.failed.get(node) or self.unresolvable.get(node)
+        if message is None:
+            raise KeyError(f"node {node} fits pod {self.pod.key}")
+        return self._explainer.misfit(node, message, node in self.unresolvable)
+
+
+def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Policy) -> Evaluation:
+    """Filter and score ``nodes`` for ``pod`` under ``policy`` (see module docstring)."""
+    if not pod.wants_gpu:
+        names = list(nodes)
+        return Evaluation(pod, names, np.zeros(len(names)), {}, {}, _Explainer(ledger, pod, [], None))
+    known: list[str] = []
+    rows: list[int] = []
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    lookup = ledger._rows
+    for name in nodes:
+        row = lookup.get(name)
+        if row is None:
+            problem = ledger.problem(name)
+            unresolvable[name] = (
+                f"fracgpu: node excluded: {problem}" if problem else "fracgpu: node has no GPU inventory"
+            )
+        else:
+            known.append(name)
+            rows.append(row)
+    explainer = _Explainer(ledger, pod, known, np.asarray(rows, dtype=np.int64))
+    if not known:
+        return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer)
+    if pod.single is not None:
+        fit, codes, scores = explainer.vectorised(policy)
+    else:
+        fit, codes, scores = explainer.searched(policy)
+    messages = _Messages(pod)
+    fit_names = [n for n, f in zip(known, fit) if f]
+    for name, code in zip(known, codes):
+        if code == FIT:
+            continue
+        if code < RESOLVABLE:
+            unresolvable[name] = messages.text(int(code))
+        else:
+            failed[name] = messages.text(int(code))
+    explainer.fit_rows = {n: i for i, n in enumerate(known) if fit[i]}
+    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer)
+
+
+def place(ledger: Ledger, pod: PodRequest, node: str, policy: Policy) -> Placement | Misfit:
+    """Choose GPUs for ``pod`` on ``node`` from the current ledger: the same evaluation Filter runs."""
+    evaluation = evaluate(ledger, pod, [node], policy)
+    if evaluation.fits:
+        return evaluation.placement(node)
+    return evaluation.misfit(node)
+
+
+class _Messages:
+    """Aggregatable misfit texts for one request."""
+
+    def __init__(self, pod: PodRequest) -> None:
+        self.pod = pod
+        single = pod.single
+        self.what = single.describe() if single else f"{len(pod.containers)} GPU containers"
+        self.count = max(c.count for c in pod.containers)
+
+    def text(self, code: int) -> str:
+        pod = self.pod
+        if code == POOL:
+            return f"fracgpu: node is not in the pod's pool ({pod.pool or 'no pool'})"
+        if code == MODEL:
+            return f"fracgpu: no GPU of model {'|'.join(pod.models or ())}"
+        if code == TOO_FEW:
+            return f"fracgpu: fewer than {self.count} usable GPUs (healthy, allowed model, MIG off); needs {self.what}"
+        if code == TOO_BIG:
+            return f"fracgpu: GPUs too small (memory); needs {self.what}"
+        if code == JOINT:
+            return f"fracgpu: the pod's {self.what} do not fit together"
+        bits = code - RESOLVABLE
+        parts = [label for bit, label in ((1, "GPU units"), (2, "GPU memory"), (4, "GPUs free of other pools"))
+                 if bits & bit]
+        if not parts:
+            return f"fracgpu: no GPU has enough units and memory at once; needs {self.what}"
+        return f"fracgpu: insufficient {' and '.join(parts)}; needs {self.what}"
+
+
+class _Checks:
+    """Per-GPU checks of one container against gathered rows, shape (nodes, GPUs)."""
+
+    __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
+
+    def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pod: PodRequest, pool: int,
+                 container: ContainerNeed, pod_hash: int, model_lut: np.ndarray | None) -> None:
+        self.need = Need(container, pod_hash)
+        self.memory = self.need.memory(view)
+        offered = view.offered_units > 0
+        self.model_ok = offered if model_lut is None else model_lut[model]
+        self.static = offered & self.model_ok
+        self.sized = self.static & (self.memory <= view.mem_usable)
+        self.units_ok = view.free_units >= container.units
+        self.memory_ok = view.free_mem >= self.memory
+        self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
+        self.eligible = self.sized & self.units_ok & self.memory_ok & self.pool_ok
+
+    def codes(self, node_pool_ok: np.ndarray, has_models: bool) -> np.ndarray:
+        k = self.need.count
+        sized = self.sized
+        bits = (((sized & self.units_ok).sum(axis=1) < k) * 1 + ((sized & self.memory_ok).sum(axis=1) < k) * 2
+                + ((sized & self.pool_ok).sum(axis=1) < k) * 4)
+        return np.select(
+            [~node_pool_ok,
+             (self.model_ok.sum(axis=1) == 0) if has_models else np.zeros(len(node_pool_ok), dtype=bool),
+             self.static.sum(axis=1) < k,
+             sized.sum(axis=1) < k,
+             self.eligible.sum(axis=1) >= k],
+            [POOL, MODEL, TOO_FEW, TOO_BIG, FIT],
+            default=RESOLVABLE + bits,
+        )
+
+
+class _Explainer:
+    """Gathers the candidate rows once, runs either path, and keeps what placements and reasons need.
+
+    Everything kept is a copy taken at evaluation time, so explaining later is not confused by later changes.
+    """
+
+    def __init__(self, ledger: Ledger, pod: PodRequest, names: list[str], rows: np.ndarray | None) -> None:
+        self.ledger = ledger
+        self.pod = pod
+        self.names = names
+        self.rows = rows
+        self.fit_rows: dict[str, int] = {}
+        self.index = {n: i for i, n in enumerate(names)}
+        if rows is None:
+            return
+        self.view = View(ledger, rows)
+        self.gpu_pool = ledger.gpu_pool[rows]
+        self.model = ledger.model[rows]
+        self.node_pool_ok = ledger.node_pool[rows] == ledger.pool_id(pod.pool)
+        self.inventories = [ledger._inventory[r] for r in rows]
+        self.pod_hash = stable_hash(pod.uid or pod.key)
+        self.model_lut = None
+        if pod.models is not None:
+            names_ = ledger.model_names()
+            self.model_lut = np.array([model_matches(pod.models, m) for m in names_] + [False], dtype=bool)
+        self.pool = ledger.pool_id(pod.pool)
+        self.searched_rows: dict[int, dict[int, tuple[int, ...]]] = {}
+        self.checks: list[_Checks] = []
+
+    def _position(self, name: str) -> int:
+        return self.index[name]
+
+    def _checks(self, container: ContainerNeed) -> _Checks:
+        return _Checks(self.view, self.gpu_pool, self.model, self.pod, self.pool, container, self.pod_hash,
+                       self.model_lut)
+
+    # -------------------------------------------------------------- single container, all nodes at once
+    def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        container = self.pod.single
+        assert container is not None
+        checks = self._checks(container)
+        self.checks = [checks]
+        codes = checks.codes(self.node_pool_ok, self.pod.models is not None)
+        fit = codes == FIT
+        preference = policy.gpu_preference(self.view, checks.need, checks.memory)
+        self.preference = np.where(checks.eligible, preference, -np.inf)
+        k = container.count
+        if k == 1:
+            chosen = np.argmax(self.preference, axis=1)[:, None]
+        else:
+            chosen = np.argsort(-self.preference, axis=1, kind="stable")[:, :k]
+        take_units = np.zeros(checks.memory.shape, dtype=np.int64)
+        take_mem = np.zeros(checks.memory.shape, dtype=np.int64)
+        if fit.any():
+            row_ix = np.nonzero(fit)[0][:, None]
+            cols = chosen[fit]
+            take_units[row_ix, cols] = container.units
+            take_mem[row_ix, cols] = checks.memory[row_ix, cols]
+        scores = policy.node_score(self.view, checks.need, take_units, take_mem) if fit.any() else np.zeros(len(fit))
+        return fit, codes, np.clip(scores, 0.0, 10.0)
+
+    # -------------------------------------------------------------- several containers, node by node
+    def searched(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pod = self.pod
+        self.checks = [self._checks(c) for c in pod.containers]
+        has_models = pod.models is not None
+        per_container = [c.codes(self.node_pool_ok, has_models) for c in self.checks]
+        # A node is statically out if any container is; otherwise search it.
+        codes = np.zeros(len(self.names), dtype=np.int64)
+        for container_codes in per_container:
+            bad = (container_codes != FIT) & (codes == FIT)
+            codes[bad] = container_codes[bad]
+        preferences = [
+            np.where(c.eligible, policy.gpu_preference(self.view, c.need, c.memory), -np.inf) for c in self.checks
+        ]
+        largest = max(range(len(pod.containers)), key=lambda i: (pod.containers[i].units * pod.containers[i].count, -i))
+        scores = np.zeros(len(self.names))
+        for i in np.nonzero(codes == FIT)[0]:
+            found = _search_row(self, int(i), preferences)
+            if found is None:
+                codes[i] = JOINT
+                continue
+            self.searched_rows[int(i)] = found
+            take_units, take_mem = self._take(int(i), found)
+            sub = View(self.ledger, self.rows[i : i + 1])
+            scores[i] = policy.node_score(sub, self.checks[largest].need, take_units[None], take_mem[None])[0]
+        return codes == FIT, codes, np.clip(scores, 0.0, 10.0)
+
+    def _take(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        width = self.view.free_units.shape[1]
+        take_units = np.zeros(width, dtype=np.int64)
+        take_mem = np.zeros(width, dtype=np.int64)
+        inventory = self.inventories[i]
+        by_index = {g.index: pos for pos, g in enumerate(inventory.gpus)}
+        for index, (units, memory) in self._shares(i, found).items():
+            take_units[by_index[index]] = units
+            take_mem[by_index[index]] = memory
+        return take_units, take_mem
+
+    def _shares(self, i: int, found: dict[int, tuple[int, ...]]) -> dict[int, tuple[int, int]]:
+        return Assignment("", "", "", "", None, "", self._containers(i, found)).charges()
+
+    def _containers(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[ContainerAssignment, ...]:
+        gpus = self.inventories[i].gpus
+        out = []
+        for c_ix, container in enumerate(self.pod.containers):
+            memory = self.checks[c_ix].memory[i]
+            shares = tuple(
+                GpuShare(index=gpus[p].index, uuid=gpus[p].uuid, units=container.units, memory_mib=int(memory[p]))
+                for p in sorted(found[c_ix])
+            )
+            out.append(ContainerAssignment(name=container.name, kind=container.kind, gpus=shares))
+        return tuple(out)
+
+    # -------------------------------------------------------------- answers after evaluation
+    def placement(self, node: str, score: float) -> Placement:
+        i = self._position(node)
+        if self.pod.single is None:
+            return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
+        container = self.pod.single
+        eligible = np.nonzero(self.checks[0].eligible[i])[0].tolist()
+        preference = self.preference[i]
+        inventory: NodeInventory = self.inventories[i]
+        if container.count > 1 and inventory.links is not None:
+            chosen = best_connected(link_graph(inventory.links), eligible, container.count,
+                                    {p: float(preference[p]) for p in eligible})
+        else:
+            chosen = tuple(sorted(eligible, key=lambda p: (-preference[p], p))[: container.count])
+        return Placement(node=node, score=score, containers=self._containers(i, {0: chosen}))
+
+    def misfit(self, node: str, message: str, unresolvable: bool) -> Misfit:
+        if node not in self.index:
+            problem = self.ledger.problem(node)
+            reason = Reason(node, None, "inventory", "a GPU inventory", problem or "none published", True)
+            return Misfit(node, message, True, (reason,))
+        i = self._position(node)
+        reasons: list[Reason] = []
+        pod = self.pod
+        if not self.node_pool_ok[i]:
+            reasons.append(Reason(node, None, "pool", pod.pool or "no pool", self.inventories[i].pool or "no pool", True))
+        for c_ix, checks in enumerate(self.checks):
+            container = pod.containers[c_ix]
+            label = "" if len(self.checks) == 1 else f"container {container.name}: "
+            reasons.extend(self._gpu_reasons(node, i, checks, container, label))
+            usable = int(checks.eligible[i].sum())
+            if usable < container.count:
+                reasons.append(Reason(node, None, f"{label}GPUs", container.count, usable,
+                                      int(checks.sized[i].sum()) < container.count))
+        if not reasons:
+            reasons.append(Reason(node, None, "GPUs", "all GPU containers together", "no combination fits", False))
+        return Misfit(node, message, unresolvable, tuple(reasons))
+
+    def _gpu_reasons(self, node: str, i: int, checks: _Checks, container: ContainerNeed, label: str) -> list[Reason]:
+        reasons = []
+        view = self.view
+        for pos, gpu in enumerate(self.inventories[i].gpus):
+            def add(resource: str, asked: object, free: object, unresolvable: bool) -> None:
+                reasons.append(Reason(node, gpu.index, label + resource, asked, free, unresolvable))
+
+            if not gpu.healthy:
+                add("health", "healthy", "unhealthy", True)
+                continue
+            if gpu.mig:
+                add("mig", "MIG off", "MIG enabled", True)
+                continue
+            if not checks.model_ok[i, pos]:
+                add("model", "|".join(self.pod.models or ()), gpu.model, True)
+                continue
+            memory = int(checks.memory[i, pos])
+            if not checks.sized[i, pos]:
+                add("memoryMiB", memory, f"{int(view.mem_usable[i, pos])} usable in all", True)
+                continue
+            if not checks.units_ok[i, pos]:
+                add("units", container.units, int(view.free_units[i, pos]), False)
+            if not checks.memory_ok[i, pos]:
+                add("memoryMiB", memory, int(view.free_mem[i, pos]), False)
+            if not checks.pool_ok[i, pos]:
+                holder = self.ledger.pool_name(int(self.gpu_pool[i, pos])) if self.gpu_pool[i, pos] >= 0 else "mixed"
+                add("gpu-pool", self.pod.pool or "no pool", f"held by pool {holder or 'no pool'}", False)
+        return reasons
+
+
+def _search_row(ex: _Explainer, i: int, preferences: list[np.ndarray]) -> dict[int, tuple[int, ...]] | None:
+    """Exact placement of every GPU container of the pod on candidate ``i``, phase by phase.
+
+    Within a phase, containers are placed largest first, each trying GPU sets in policy order (best connected
+    first when the node publishes links), backtracking when a later container cannot be placed. Sidecars keep
+    the GPUs they got in the first phase they run in. Bounded by SEARCH_BUDGET steps: past it the node counts
+    as a misfit, the same way in Filter and in Bind.
+    """
+    pod = ex.pod
+    containers = pod.containers
+    view = ex.view
+    inventory = ex.inventories[i]
+    graph = link_graph(inventory.links) if inventory.links is not None else None
+    free_units = view.free_units[i].astype(np.int64)
+    free_mem = view.free_mem[i].astype(np.int64)
+    static = [c.sized[i] & c.pool_ok[i] for c in ex.checks]
+    memory = [c.memory[i] for c in ex.checks]
+    budget = [SEARCH_BUDGET]
+    fixed: dict[int, tuple[int, ...]] = {}
+
+    def subsets(c_ix: int, candidates: list[int]) -> list[tuple[int, ...]]:
+        k = containers[c_ix].count
+        preference = preferences[c_ix][i]
+        if k == 1:
+            return [(p,) for p in sorted(candidates, key=lambda p: (-preference[p], p))]
+        if graph is not None:
+            return sorted(combinations(candidates, k),
+                          key=lambda s: (tuple(-x for x in connectivity(graph, s)), -sum(preference[p] for p in s), s))
+        return sorted(combinations(candidates, k), key=lambda s: (-sum(preference[p] for p in s), s))
+
+    def place(todo: list[int], units: np.ndarray, mem: np.ndarray) -> dict[int, tuple[int, ...]] | None:
+        if not todo:
+            return {}
+        c_ix, rest = todo[0], todo[1:]
+        container = containers[c_ix]
+        ok = static[c_ix] & (units >= container.units) & (mem >= memory[c_ix])
+        candidates = np.nonzero(ok)[0].tolist()
+        if len(candidates) < container.count:
+            return None
+        for subset in subsets(c_ix, candidates):
+            budget[0] -= 1
+            if budget[0] < 0:
+                return None
+            idx = list(subset)
+            units[idx] -= container.units
+            mem[idx] -= memory[c_ix][idx]
+            found = place(rest, units, mem)
+            units[idx] += container.units
+            mem[idx] += memory[c_ix][idx]
+            if found is not None:
+                found[c_ix] = subset
+                return found
+        return None
+
+    for phase in pod.phases:
+        units = free_units.copy()
+        mem = free_mem.copy()
+        for c_ix in phase:
+            if c_ix in fixed:
+                idx = list(fixed[c_ix])
+                units[idx] -= containers[c_ix].units
+                mem[idx] -= memory[c_ix][idx]
+        todo = sorted((c for c in phase if c not in fixed),
+                      key=lambda c: (-containers[c].units * containers[c].count, -containers[c].count, c))
+        found = place(todo, units, mem)
+        if found is None:
+            return None
+        fixed.update(found)
+    return fixed

@@ -1,0 +1,136 @@
+"""What every policy sees and must answer.
+
+A policy answers two questions with arrays, for many candidate nodes at once:
+
+* ``gpu_preference(view, need, memory)`` -> (nodes, GPUs) floats: which GPUs to take first on each node
+  (higher first; ties go to the lower GPU index). GPUs that cannot take the request are masked by the caller.
+* ``node_score(view, need, take_units, take_mem)`` -> (nodes,) floats in [0, 10]: how good each node is, given
+  what the pod would be charged on each of its GPUs (``take_*``, shape (nodes, GPUs)).
+
+Node score and GPU choice come from the same policy object, so the extender and the simulator place alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..resources import ContainerNeed
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
+MAX_SCORE = 10.0
+
+
+class View:
+    """Per-GPU arrays of the candidate nodes (rows of the ledger), gathered on first use."""
+
+    def __init__(self, ledger: "Ledger", rows: np.ndarray) -> None:
+        self.ledger = ledger
+        self.rows = rows
+        self.units_per_gpu = ledger.units_per_gpu
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @cached_property
+    def free_units(self) -> np.ndarray:
+        return self.ledger.free_units[self.rows]
+
+    @cached_property
+    def free_mem(self) -> np.ndarray:
+        return self.ledger.free_mem[self.rows]
+
+    @cached_property
+    def offered_units(self) -> np.ndarray:
+        return self.ledger.offered_units[self.rows]
+
+    @cached_property
+    def mem_usable(self) -> np.ndarray:
+        return self.ledger.mem_usable[self.rows]
+
+    @cached_property
+    def used_units(self) -> np.ndarray:
+        return self.ledger.used_units[self.rows]
+
+    @cached_property
+    def used_mem(self) -> np.ndarray:
+        return self.ledger.used_mem[self.rows]
+
+    @cached_property
+    def pods(self) -> np.ndarray:
+        return self.ledger.pods[self.rows]
+
+    @cached_property
+    def gpu_shape(self) -> np.ndarray:
+        return self.ledger.gpu_shape[self.rows]
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One container's request as policies see it, with a stable per-pod hash for seeded randomness."""
+
+    container: ContainerNeed
+    pod_hash: int
+
+    @property
+    def units(self) -> int:
+        return self.container.units
+
+    @property
+    def count(self) -> int:
+        return self.container.count
+
+    def memory(self, view: View) -> np.ndarray:
+        """MiB this container needs on each GPU: as asked, or ceil(units * usable / unitsPerGpu)."""
+        if self.container.memory_mib is not None:
+            return np.full(view.free_units.shape, self.container.memory_mib, dtype=np.int64)
+        units = self.container.units
+        return -((-units * view.mem_usable) // view.units_per_gpu)
+
+
+class Policy(ABC):
+    """A placement policy: one scoring rule used for both the node score and the GPU choice."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str:
+        return self.name
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (a node without usable memory, say)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def allocated_fraction(view: View, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    """Per node, the mean over {units, memory} of (charged + requested) / capacity, in [0, 1]."""
+    units = ratio((view.used_units + take_units).sum(axis=1), view.offered_units.sum(axis=1))
+    memory = ratio((view.used_mem + take_mem).sum(axis=1), view.mem_usable.sum(axis=1))
+    return np.clip((units + memory) / 2.0, 0.0, 1.0)
+
+
+def gpu_allocated_fraction(view: View) -> np.ndarray:
+    """Per GPU, the mean over {units, memory} of charged / capacity, in [0, 1]."""
+    units = ratio(view.used_units, view.offered_units)
+    memory = ratio(view.used_mem, view.mem_usable)
+    return np.clip((units + memory) / 2.0, 0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests, the demo, the benchmarks and the simulator's synthetic workloads."""
