@@ -70,10 +70,6 @@ class Assignment:
                 charged[index] = (max(old_units, units), max(old_memory, memory))
         return dict(sorted(charged.items()))
 
-    def unit_shapes(self) -> tuple[int, ...]:
-        """Units per GPU of each share: what GPU-clustering compares new requests with."""
-        return tuple(share.units for c in self.containers for share in c.gpus)
-
 
 class _Share(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -17,7 +17,6 @@ over-committed (the truth is not dropped), and returns a warning that says so.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -55,7 +54,8 @@ class Ledger:
         ("used_units", np.int64), ("used_mem", np.int64), ("pods", np.int32), ("gpu_pool", np.int32),
         ("gpu_shape", np.int64), ("free_units", np.int64), ("free_mem", np.int64),
     )
-    _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32))
+    _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
+                   ("shape_kinds", np.int32))
 
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
         self.settings = settings
@@ -67,7 +67,6 @@ class Ledger:
         self._inventory: list[NodeInventory | None] = []
         self._by_index: list[dict[int, int]] = []
         self._by_uuid: list[dict[str, int]] = []
-        self._shapes: list[Counter] = []
         self._pool_ids: dict[str | None, int] = {None: NO_POOL}
         self._pool_names: list[str | None] = [None]
         self._model_ids: dict[str, int] = {}
@@ -154,9 +153,6 @@ class Ledger:
 
     def node_names(self) -> list[str]:
         return sorted(self._rows)
-
-    def shapes_at(self, row: int) -> Counter:
-        return self._shapes[row]
 
     def max_node_capacity(self) -> tuple[int, int]:
         """(units, usable MiB) of the largest node: the fixed scale of best-fit and GPU-clustering scores."""
@@ -337,7 +333,7 @@ class Ledger:
 
     def _apply(self, row: int, node: str, uid: str) -> None:
         pool = self.pool_id(self._assignments[uid].pool)
-        shapes = self._shapes[row]
+        shapes = self.shape_count[row]
         for charge in self._charges[uid]:
             pos = self._position(row, charge)
             if pos is None:
@@ -356,14 +352,16 @@ class Ledger:
                 if self.gpu_shape[row, pos] != charge.units:
                     self.gpu_shape[row, pos] = -1
             self.pods[row, pos] += 1
-            shapes[charge.units] += 1
+            shapes[min(charge.units, self.units_per_gpu)] += 1
+        self.shape_kinds[row] = np.count_nonzero(shapes)
         self._refresh_free(row)
 
     def _recompute_row(self, name: str, row: int) -> None:
         for array in (self.used_units, self.used_mem, self.pods, self.gpu_shape):
             array[row] = 0
         self.gpu_pool[row] = EMPTY_POOL
-        self._shapes[row] = Counter()
+        self.shape_count[row] = 0
+        self.shape_kinds[row] = 0
         for uid in sorted(self._by_node.get(name, ())):
             self._orphans.pop(uid, None)
             self._apply(row, name, uid)
@@ -392,7 +390,7 @@ class Ledger:
         self.gpu_pool[row] = EMPTY_POOL
         for name, _ in self._ROW_ARRAYS:
             getattr(self, name)[row] = 0
-        self._shapes[row] = Counter()
+        self.shape_count[row] = 0
         self._by_index[row] = {}
         self._by_uuid[row] = {}
 
@@ -408,10 +406,13 @@ class Ledger:
             if old:
                 array[:old] = getattr(self, name)
             setattr(self, name, array)
+        shape_count = np.zeros((rows, self.units_per_gpu + 1), dtype=np.int32)
+        if old:
+            shape_count[:old] = self.shape_count
+        self.shape_count = shape_count
         self._inventory.extend([None] * (rows - old))
         self._by_index.extend({} for _ in range(rows - old))
         self._by_uuid.extend({} for _ in range(rows - old))
-        self._shapes.extend(Counter() for _ in range(rows - old))
         for row in range(old, rows):
             self._clear_row(row)
         self._free_rows.extend(range(rows - 1, old - 1, -1))

@@ -21,7 +21,8 @@ Two paths, one answer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
+from functools import cached_property
+from itertools import combinations, repeat
 from typing import Literal, Sequence
 
 import numpy as np
@@ -105,7 +106,8 @@ class Evaluation:
 
     def placement(self, node: str) -> Placement:
         """The GPUs the pod gets on a fitting node."""
-        if node not in self._explainer.fit_rows:
+        i = self._explainer.index.get(node)
+        if i is None or not self._explainer.fit[i]:
             raise KeyError(f"node {node} does not fit pod {self.pod.key}")
         return self._explainer.placement(node, self.score_of(node))
 
@@ -119,41 +121,37 @@ class Evaluation:
 
 def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Policy) -> Evaluation:
     """Filter and score ``nodes`` for ``pod`` under ``policy`` (see module docstring)."""
+    nodes = nodes if isinstance(nodes, list) else list(nodes)
     if not pod.wants_gpu:
-        names = list(nodes)
-        return Evaluation(pod, names, np.zeros(len(names)), {}, {}, _Explainer(ledger, pod, [], None))
-    known: list[str] = []
-    rows: list[int] = []
+        return Evaluation(pod, list(nodes), np.zeros(len(nodes)), {}, {}, _Explainer(ledger, pod, [], None))
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
-    lookup = ledger._rows
-    for name in nodes:
-        row = lookup.get(name)
-        if row is None:
-            problem = ledger.problem(name)
-            unresolvable[name] = (
-                f"fracgpu: node excluded: {problem}" if problem else "fracgpu: node has no GPU inventory"
-            )
-        else:
-            known.append(name)
-            rows.append(row)
-    explainer = _Explainer(ledger, pod, known, np.asarray(rows, dtype=np.int64))
+    rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
+    known = nodes
+    if (rows < 0).any():
+        for name, row in zip(nodes, rows.tolist()):
+            if row < 0:
+                problem = ledger.problem(name)
+                unresolvable[name] = (
+                    f"fracgpu: node excluded: {problem}" if problem else "fracgpu: node has no GPU inventory"
+                )
+        known = [n for n, r in zip(nodes, rows.tolist()) if r >= 0]
+        rows = rows[rows >= 0]
+    explainer = _Explainer(ledger, pod, known, rows)
     if not known:
         return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer)
     if pod.single is not None:
         fit, codes, scores = explainer.vectorised(policy)
     else:
         fit, codes, scores = explainer.searched(policy)
-    messages = _Messages(pod)
-    fit_names = [n for n, f in zip(known, fit) if f]
-    for name, code in zip(known, codes):
-        if code == FIT:
-            continue
-        if code < RESOLVABLE:
-            unresolvable[name] = messages.text(int(code))
-        else:
-            failed[name] = messages.text(int(code))
-    explainer.fit_rows = {n: i for i, n in enumerate(known) if fit[i]}
+    explainer.fit = fit
+    fit_names = [known[i] for i in np.flatnonzero(fit).tolist()]
+    misfits = np.flatnonzero(~fit)
+    if len(misfits):
+        messages = _Messages(pod)
+        texts = {int(c): messages.text(int(c)) for c in np.unique(codes[misfits]).tolist()}
+        for i, code in zip(misfits.tolist(), codes[misfits].tolist()):
+            (failed if code >= RESOLVABLE else unresolvable)[known[i]] = texts[code]
     return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer)
 
 
@@ -239,15 +237,14 @@ class _Explainer:
         self.pod = pod
         self.names = names
         self.rows = rows
-        self.fit_rows: dict[str, int] = {}
-        self.index = {n: i for i, n in enumerate(names)}
+        self.generation = ledger.generation
+        self.fit = np.zeros(len(names), dtype=bool)
         if rows is None:
             return
         self.view = View(ledger, rows)
-        self.gpu_pool = ledger.gpu_pool[rows]
-        self.model = ledger.model[rows]
-        self.node_pool_ok = ledger.node_pool[rows] == ledger.pool_id(pod.pool)
-        self.inventories = [ledger._inventory[r] for r in rows]
+        self.gpu_pool = ledger.gpu_pool.take(rows, axis=0)
+        self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
+        self.node_pool_ok = ledger.node_pool.take(rows) == ledger.pool_id(pod.pool)
         self.pod_hash = stable_hash(pod.uid or pod.key)
         self.model_lut = None
         if pod.models is not None:
@@ -256,6 +253,22 @@ class _Explainer:
         self.pool = ledger.pool_id(pod.pool)
         self.searched_rows: dict[int, dict[int, tuple[int, ...]]] = {}
         self.checks: list[_Checks] = []
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def fit_rows(self) -> dict[str, int]:
+        return {self.names[i]: i for i in np.flatnonzero(self.fit).tolist()}
+
+    def inventory(self, i: int) -> NodeInventory:
+        """The inventory of candidate ``i``, read only while the ledger is as it was at evaluation time."""
+        if self.ledger.generation != self.generation:
+            raise RuntimeError(
+                f"evaluation of pod {self.pod.key} is stale: the ledger changed since; evaluate again"
+            )
+        return self.ledger.inventory_at(int(self.rows[i]))
 
     def _position(self, name: str) -> int:
         return self.index[name]
@@ -320,7 +333,7 @@ class _Explainer:
         width = self.view.free_units.shape[1]
         take_units = np.zeros(width, dtype=np.int64)
         take_mem = np.zeros(width, dtype=np.int64)
-        inventory = self.inventories[i]
+        inventory = self.inventory(i)
         by_index = {g.index: pos for pos, g in enumerate(inventory.gpus)}
         for index, (units, memory) in self._shares(i, found).items():
             take_units[by_index[index]] = units
@@ -331,7 +344,7 @@ class _Explainer:
         return Assignment("", "", "", "", None, "", self._containers(i, found)).charges()
 
     def _containers(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[ContainerAssignment, ...]:
-        gpus = self.inventories[i].gpus
+        gpus = self.inventory(i).gpus
         out = []
         for c_ix, container in enumerate(self.pod.containers):
             memory = self.checks[c_ix].memory[i]
@@ -350,7 +363,7 @@ class _Explainer:
         container = self.pod.single
         eligible = np.nonzero(self.checks[0].eligible[i])[0].tolist()
         preference = self.preference[i]
-        inventory: NodeInventory = self.inventories[i]
+        inventory: NodeInventory = self.inventory(i)
         if container.count > 1 and inventory.links is not None:
             chosen = best_connected(link_graph(inventory.links), eligible, container.count,
                                     {p: float(preference[p]) for p in eligible})
@@ -367,7 +380,7 @@ class _Explainer:
         reasons: list[Reason] = []
         pod = self.pod
         if not self.node_pool_ok[i]:
-            reasons.append(Reason(node, None, "pool", pod.pool or "no pool", self.inventories[i].pool or "no pool", True))
+            reasons.append(Reason(node, None, "pool", pod.pool or "no pool", self.inventory(i).pool or "no pool", True))
         for c_ix, checks in enumerate(self.checks):
             container = pod.containers[c_ix]
             label = "" if len(self.checks) == 1 else f"container {container.name}: "
@@ -383,7 +396,7 @@ class _Explainer:
     def _gpu_reasons(self, node: str, i: int, checks: _Checks, container: ContainerNeed, label: str) -> list[Reason]:
         reasons = []
         view = self.view
-        for pos, gpu in enumerate(self.inventories[i].gpus):
+        for pos, gpu in enumerate(self.inventory(i).gpus):
             def add(resource: str, asked: object, free: object, unresolvable: bool) -> None:
                 reasons.append(Reason(node, gpu.index, label + resource, asked, free, unresolvable))
 
@@ -421,7 +434,7 @@ def _search_row(ex: _Explainer, i: int, preferences: list[np.ndarray]) -> dict[i
     pod = ex.pod
     containers = pod.containers
     view = ex.view
-    inventory = ex.inventories[i]
+    inventory = ex.inventory(i)
     graph = link_graph(inventory.links) if inventory.links is not None else None
     free_units = view.free_units[i].astype(np.int64)
     free_mem = view.free_mem[i].astype(np.int64)

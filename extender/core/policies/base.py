@@ -40,35 +40,35 @@ class View:
 
     @cached_property
     def free_units(self) -> np.ndarray:
-        return self.ledger.free_units[self.rows]
+        return self.ledger.free_units.take(self.rows, axis=0)
 
     @cached_property
     def free_mem(self) -> np.ndarray:
-        return self.ledger.free_mem[self.rows]
+        return self.ledger.free_mem.take(self.rows, axis=0)
 
     @cached_property
     def offered_units(self) -> np.ndarray:
-        return self.ledger.offered_units[self.rows]
+        return self.ledger.offered_units.take(self.rows, axis=0)
 
     @cached_property
     def mem_usable(self) -> np.ndarray:
-        return self.ledger.mem_usable[self.rows]
+        return self.ledger.mem_usable.take(self.rows, axis=0)
 
     @cached_property
     def used_units(self) -> np.ndarray:
-        return self.ledger.used_units[self.rows]
+        return self.ledger.used_units.take(self.rows, axis=0)
 
     @cached_property
     def used_mem(self) -> np.ndarray:
-        return self.ledger.used_mem[self.rows]
+        return self.ledger.used_mem.take(self.rows, axis=0)
 
     @cached_property
     def pods(self) -> np.ndarray:
-        return self.ledger.pods[self.rows]
+        return self.ledger.pods.take(self.rows, axis=0)
 
     @cached_property
     def gpu_shape(self) -> np.ndarray:
-        return self.ledger.gpu_shape[self.rows]
+        return self.ledger.gpu_shape.take(self.rows, axis=0)
 
     @cached_property
     def positions(self) -> np.ndarray:

@@ -29,12 +29,7 @@ class GpuClustering(Policy):
         max_units, _ = view.ledger.max_node_capacity()
         left = np.clip(view.free_units, 0, None).sum(axis=1)
         base = 2.5 * ratio(max_units - left, max_units)
-        shapes = [view.ledger.shapes_at(int(row)) for row in view.rows]
-        band = np.array(
-            [
-                (7.5 if len(s) == 1 else 5.0) if need.units in s else (2.5 if not s else 0.0)
-                for s in shapes
-            ],
-            dtype=np.float64,
-        )
+        present = view.ledger.shape_count[:, need.units].take(view.rows) > 0
+        kinds = view.ledger.shape_kinds.take(view.rows)
+        band = np.where(present, np.where(kinds == 1, 7.5, 5.0), np.where(kinds == 0, 2.5, 0.0))
         return np.clip(base, 0.0, 2.5) + band

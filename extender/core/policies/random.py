@@ -37,7 +37,7 @@ class Random(Policy):
     def _node_hash(self, view: View, need: Need) -> np.ndarray:
         salt = np.uint64((self.seed * 0x9E3779B1 + need.pod_hash) & 0xFFFFFFFFFFFFFFFF)
         with np.errstate(over="ignore"):
-            return mix64(view.ledger.node_hash[view.rows] ^ salt)
+            return mix64(view.ledger.node_hash.take(view.rows) ^ salt)
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):

@@ -1,0 +1,156 @@
+"""Filter, score and GPU choice: misfit reasons, pools, models, multi-GPU topology, several containers."""
+
+import pytest
+
+from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_pod, place
+from extender.core.cluster import build_ledger
+from extender.testing.factories import container, gpu_node, gpu_pod
+
+S = CoreSettings()
+BINPACK = make_policy("binpack")
+
+
+def cluster(*nodes, pods=()):
+    ledger, report = build_ledger(S, nodes, pods)
+    assert not report.warnings
+    return ledger
+
+
+def bind(ledger, pod_dict, node=None, policy=BINPACK):
+    request = parse_pod(pod_dict, S)
+    evaluation = evaluate(ledger, request, ledger.node_names(), policy)
+    chosen = node or evaluation.best()
+    placement = evaluation.placement(chosen)
+    ledger.reserve(placement.assignment(request, policy.name))
+    ledger.commit(request.uid)
+    return placement
+
+
+def gpus_of(placement):
+    return [(s.index, s.units, s.memory_mib) for c in placement.containers for s in c.gpus]
+
+
+def test_misfit_messages_aggregate_and_reasons_are_detailed():
+    ledger = cluster(gpu_node("a", gpus=2, memory_mib=16000), gpu_node("b", gpus=2, memory_mib=16000))
+    for node in ("a", "b"):
+        for i in range(2):
+            bind(ledger, gpu_pod(f"{node}{i}", units=70, memory_mib=2000), node=node)
+    request = parse_pod(gpu_pod("big", units=40, memory_mib=1000), S)
+    evaluation = evaluate(ledger, request, ["a", "b", "ghost"], BINPACK)
+    assert evaluation.fits == []
+    message = "fracgpu: insufficient GPU units; needs 1 GPU(s) with 40 units and 1000 MiB each"
+    assert evaluation.failed == {"a": message, "b": message}  # identical: kube-scheduler counts them
+    assert evaluation.unresolvable == {"ghost": "fracgpu: node has no GPU inventory"}
+    reasons = [str(r) for r in evaluation.misfit("a").reasons]
+    assert reasons == ["node a GPU 0: units: asked 40, free 30", "node a GPU 1: units: asked 40, free 30",
+                       "node a: GPUs: asked 1, free 0"]
+    assert not evaluation.misfit("a").unresolvable and evaluation.misfit("ghost").unresolvable
+
+
+@pytest.mark.parametrize(
+    "pod, code_text, unresolvable",
+    [
+        (gpu_pod("p", units=10, pool="train"), "node is not in the pod's pool (train)", True),
+        (gpu_pod("p", units=10, models="T4"), "no GPU of model T4", True),
+        (gpu_pod("p", units=300), "fewer than 3 usable GPUs", True),
+        (gpu_pod("p", units=10, memory_mib=20000), "GPUs too small (memory)", True),
+        (gpu_pod("p", units=10, memory_mib=15000), "insufficient GPU memory", False),
+    ],
+)
+def test_misfit_kinds(pod, code_text, unresolvable):
+    # node: 2 x 16000 MiB H100, 2000 MiB observed in use on each
+    ledger = cluster(gpu_node("n", gpus=2, memory_mib=16000, used_memory_mib={0: 2000, 1: 2000}))
+    evaluation = evaluate(ledger, parse_pod(pod, S), ["n"], BINPACK)
+    bucket = evaluation.unresolvable if unresolvable else evaluation.failed
+    assert code_text in bucket["n"]
+
+
+def test_pool_isolation_at_node_level():
+    ledger = cluster(gpu_node("plain", gpus=1), gpu_node("train", gpus=1, pool="train"))
+    nodes = ["plain", "train"]
+    assert evaluate(ledger, parse_pod(gpu_pod("p", units=10), S), nodes, BINPACK).fits == ["plain"]
+    assert evaluate(ledger, parse_pod(gpu_pod("p", units=10, pool="train"), S), nodes, BINPACK).fits == ["train"]
+
+
+def test_model_restriction():
+    ledger = cluster(gpu_node("h", gpus=1, model="NVIDIA H100 80GB HBM3"), gpu_node("t", gpus=1, model="Tesla T4"))
+    request = parse_pod(gpu_pod("p", units=10, models="T4|L4"), S)
+    assert evaluate(ledger, request, ["h", "t"], BINPACK).fits == ["t"]
+
+
+def test_memory_defaults_to_the_proportional_share():
+    # 25 of 100 units on a 16000 MiB GPU with a 400 MiB reserve: ceil(25 * 15600 / 100) = 3900 MiB
+    ledger, _ = build_ledger(CoreSettings(reserve_mib=400), [gpu_node("n", gpus=1, memory_mib=16000)], [])
+    request = parse_pod(gpu_pod("p", units=25), ledger.settings)
+    placement = place(ledger, request, "n", BINPACK)
+    assert gpus_of(placement) == [(0, 25, 3900)]
+
+
+def test_binpack_shares_a_gpu_and_spread_does_not():
+    ledger = cluster(gpu_node("n", gpus=2, memory_mib=16000))
+    first = bind(ledger, gpu_pod("p1", units=30))
+    second_binpack = place(ledger, parse_pod(gpu_pod("p2", units=30), S), "n", BINPACK)
+    second_spread = place(ledger, parse_pod(gpu_pod("p2", units=30), S), "n", make_policy("spread"))
+    assert gpus_of(first)[0][0] == 0
+    assert gpus_of(second_binpack)[0][0] == 0 and gpus_of(second_spread)[0][0] == 1
+
+
+def test_multi_gpu_prefers_nvlink_connected_sets():
+    # 4 GPUs: {0, 3} and {1, 2} are NVLink pairs, everything else crosses sockets
+    nv = {(0, 3), (3, 0), (1, 2), (2, 1)}
+    links = [["X" if i == j else ("NV4" if (i, j) in nv else "SYS") for j in range(4)] for i in range(4)]
+    ledger = cluster(gpu_node("n", gpus=4, memory_mib=16000, links=links))
+    placement = place(ledger, parse_pod(gpu_pod("p", units=200), S), "n", make_policy("first-fit"))
+    assert [g for g, _, _ in gpus_of(placement)] == [0, 3]
+    # without links first-fit would take 0 and 1
+    plain = cluster(gpu_node("n", gpus=4, memory_mib=16000))
+    assert [g for g, _, _ in gpus_of(place(plain, parse_pod(gpu_pod("p", units=200), S), "n",
+                                           make_policy("first-fit")))] == [0, 1]
+
+
+def test_gpu_count_spreads_over_distinct_gpus():
+    ledger = cluster(gpu_node("n", gpus=2, memory_mib=16000))
+    placement = place(ledger, parse_pod(gpu_pod("p", units=80, memory_mib=8000, gpu_count=2), S), "n", BINPACK)
+    assert gpus_of(placement) == [(0, 40, 4000), (1, 40, 4000)]
+
+
+def test_containers_are_placed_together_by_search():
+    # one GPU with 100 units: two containers of 60 cannot share it; 60 + 40 can
+    ledger = cluster(gpu_node("n", gpus=1, memory_mib=16000))
+    two_sixties = gpu_pod("p", units=60, extra_containers=[container("b", units=60)])
+    result = place(ledger, parse_pod(two_sixties, S), "n", BINPACK)
+    assert isinstance(result, Misfit) and "do not fit together" in result.message
+    sixty_forty = gpu_pod("q", units=60, extra_containers=[container("b", units=40)])
+    assert gpus_of(place(ledger, parse_pod(sixty_forty, S), "n", BINPACK)) == [(0, 60, 9600), (0, 40, 6400)]
+
+
+def test_init_container_reuses_the_pods_own_capacity():
+    # init 90 then main 50 on one GPU: charged max(90, 50) = 90 units, not 140
+    ledger = cluster(gpu_node("n", gpus=1, memory_mib=10000))
+    pod = gpu_pod("p", units=50, memory_mib=1000, init_containers=[container("warm", units=90, memory_mib=2000)])
+    placement = bind(ledger, pod)
+    assert ledger.gpu_table("n")[0]["unitsUsed"] == 90 and ledger.gpu_table("n")[0]["memoryChargedMiB"] == 2000
+    assert {c.name: c.kind for c in placement.containers} == {"warm": "init", "main": "app"}
+
+
+def test_pods_without_gpu_requests_pass_everywhere():
+    ledger = cluster(gpu_node("n", gpus=1))
+    evaluation = evaluate(ledger, parse_pod(gpu_pod("cpu"), S), ["n", "cpu-node"], BINPACK)
+    assert evaluation.fits == ["n", "cpu-node"] and not evaluation.failed
+
+
+def test_place_and_evaluate_agree_on_a_misfit():
+    ledger = cluster(gpu_node("n", gpus=1, memory_mib=16000))
+    bind(ledger, gpu_pod("p1", units=90))
+    result = place(ledger, parse_pod(gpu_pod("p2", units=20), S), "n", BINPACK)
+    assert isinstance(result, Misfit) and "insufficient GPU units" in result.message
+    assert "node n GPU 0: units: asked 20, free 10" in result.explain()
+
+
+def test_best_tie_breaks_by_name_or_order():
+    ledger = cluster(gpu_node("b", gpus=1), gpu_node("a", gpus=1))
+    evaluation = evaluate(ledger, parse_pod(gpu_pod("p", units=10), S), ["b", "a"], make_policy("first-fit"))
+    assert evaluation.best() == "a" and evaluation.best(tie_break="order") == "b"
+    assert isinstance(evaluation.placement("a"), Placement)
+    with pytest.raises(KeyError):
+        evaluation.misfit("a")
