@@ -2,7 +2,7 @@
 
 import pytest
 
-from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_pod, place
+from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_node, parse_pod, place
 from extender.core.cluster import build_ledger
 from extender.testing.factories import container, gpu_node, gpu_pod
 
@@ -154,3 +154,16 @@ def test_best_tie_breaks_by_name_or_order():
     assert isinstance(evaluation.placement("a"), Placement)
     with pytest.raises(KeyError):
         evaluation.misfit("a")
+
+
+def test_pool_isolation_at_gpu_level():
+    # node relabelled from pool a to b while a pool-a pod runs on GPU 0: pool b may use GPU 1 only
+    ledger = cluster(gpu_node("n", gpus=2, memory_mib=16000, pool="a"))
+    bind(ledger, gpu_pod("old", units=10, pool="a"))
+    ledger.upsert_node(parse_node(gpu_node("n", gpus=2, memory_mib=16000, pool="b"), S))
+    placement = place(ledger, parse_pod(gpu_pod("new", units=10, pool="b"), S), "n", BINPACK)
+    assert gpus_of(placement)[0][0] == 1  # binpack would prefer the used GPU 0, but it belongs to pool a
+    bind(ledger, gpu_pod("fill", units=100, pool="b"))
+    result = place(ledger, parse_pod(gpu_pod("more", units=10, pool="b"), S), "n", BINPACK)
+    assert isinstance(result, Misfit) and "insufficient GPU units, GPU memory and GPUs free of other pools" in result.message
+    assert "node n GPU 0: gpu-pool: asked b, free held by pool a" in result.explain()

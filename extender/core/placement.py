@@ -187,9 +187,8 @@ class _Messages:
         bits = code - RESOLVABLE
         parts = [label for bit, label in ((1, "GPU units"), (2, "GPU memory"), (4, "GPUs free of other pools"))
                  if bits & bit]
-        if not parts:
-            return f"fracgpu: no GPU has enough units and memory at once; needs {self.what}"
-        return f"fracgpu: insufficient {' and '.join(parts)}; needs {self.what}"
+        listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+        return f"fracgpu: insufficient {listed}; needs {self.what}"
 
 
 class _Checks:
@@ -213,8 +212,9 @@ class _Checks:
     def codes(self, node_pool_ok: np.ndarray, has_models: bool) -> np.ndarray:
         k = self.need.count
         sized = self.sized
-        bits = (((sized & self.units_ok).sum(axis=1) < k) * 1 + ((sized & self.memory_ok).sum(axis=1) < k) * 2
-                + ((sized & self.pool_ok).sum(axis=1) < k) * 4)
+        # which checks blocked the GPUs that are otherwise usable: every one is named in the message
+        bits = ((sized & ~self.units_ok).any(axis=1) * 1 + (sized & ~self.memory_ok).any(axis=1) * 2
+                + (sized & ~self.pool_ok).any(axis=1) * 4)
         return np.select(
             [~node_pool_ok,
              (self.model_ok.sum(axis=1) == 0) if has_models else np.zeros(len(node_pool_ok), dtype=bool),
