@@ -152,3 +152,21 @@ def test_rows_grow_and_widen():
     assert int(ledger.gpu_count[ledger.row_of("n4")]) == 5 and ledger.max_node_capacity() == (500, 2500)
     ledger.remove_node("n4")
     assert ledger.max_node_capacity() == (400, 2000)
+
+
+def test_without_evaluates_hypothetically_and_restores_exactly():
+    ledger = ledger_with(gpu_node("n", gpus=2, memory_mib=16000))
+    ledger.reserve(share(uid="a", units=60))
+    ledger.commit("a")
+    ledger.reserve(share(uid="b", index=1, units=30))  # still reserved (a bind in flight)
+    before = ledger.snapshot()
+    with ledger.without(["a", "b", "not-there"]):
+        assert free(ledger, "n", 0)[0] == 100 and free(ledger, "n", 1)[0] == 100
+    assert ledger.snapshot() == before and ledger.is_reserved("b") and not ledger.is_reserved("a")
+
+
+def test_adopting_our_own_reservation_marks_it_bound():
+    ledger = ledger_with(gpu_node("n", gpus=1, memory_mib=16000))
+    ledger.reserve(share())
+    assert ledger.adopt(share()) is None
+    assert not ledger.is_reserved("u1") and free(ledger, "n", 0)[0] == 60

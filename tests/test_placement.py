@@ -167,3 +167,10 @@ def test_pool_isolation_at_gpu_level():
     result = place(ledger, parse_pod(gpu_pod("more", units=10, pool="b"), S), "n", BINPACK)
     assert isinstance(result, Misfit) and "insufficient GPU units, GPU memory and GPUs free of other pools" in result.message
     assert "node n GPU 0: gpu-pool: asked b, free held by pool a" in result.explain()
+
+
+def test_rejections_are_counted_by_category():
+    ledger = cluster(gpu_node("a", gpus=1, memory_mib=16000), gpu_node("b", gpus=1, memory_mib=16000, pool="x"))
+    bind(ledger, gpu_pod("full", units=100), node="a")
+    evaluation = evaluate(ledger, parse_pod(gpu_pod("p", units=10), S), ["a", "b", "ghost"], BINPACK)
+    assert evaluation.rejections == {"units+memory": 1, "pool": 1, "no-inventory": 1}

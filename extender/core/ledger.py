@@ -17,8 +17,9 @@ over-committed (the truth is not dropped), and returns a warning that says so.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -233,7 +234,9 @@ class Ledger:
         """
         uid = assignment.pod_uid
         current = self._assignments.get(uid)
-        if current == assignment and uid not in self._reserved:
+        if current == assignment:
+            # Seeing our own binding (the watch can report it before the bind call returns): it is bound now.
+            self._reserved.discard(uid)
             return self._orphans.get(uid)
         if current is not None:
             self.release(uid)
@@ -265,6 +268,26 @@ class Ledger:
         else:
             self.generation += 1
         return assignment
+
+    @contextmanager
+    def without(self, uids: Iterable[str]) -> Iterator[None]:
+        """Evaluate as if these pods held nothing, then put back exactly what they held (for preemption)."""
+        held = [(uid, self._assignments[uid], uid in self._reserved) for uid in sorted(set(uids))
+                if uid in self._assignments]
+        for uid, _, _ in held:
+            self.release(uid)
+        try:
+            yield
+        finally:
+            for uid, assignment, reserved in held:
+                self._record(assignment, _charges_of(assignment))
+                if reserved:
+                    self._reserved.add(uid)
+                row = self._rows.get(assignment.node)
+                if row is None:
+                    self._orphans[uid] = f"pod {assignment.key}: node {assignment.node} is not known (yet)"
+                else:
+                    self._apply(row, assignment.node, uid)
 
     def assignment(self, uid: str) -> Assignment | None:
         return self._assignments.get(uid)

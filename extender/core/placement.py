@@ -85,8 +85,9 @@ class Evaluation:
     """The answer for one pod over a list of candidate nodes (see module docstring)."""
 
     def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, failed: dict[str, str],
-                 unresolvable: dict[str, str], explainer: "_Explainer") -> None:
+                 unresolvable: dict[str, str], explainer: "_Explainer", rejections: dict[str, int] | None = None) -> None:
         self.pod = pod
+        self.rejections = rejections or {}  # misfit category -> number of nodes (for metrics)
         self.fits = fits
         self.scores = scores
         self.failed = failed
@@ -126,12 +127,15 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
         return Evaluation(pod, list(nodes), np.zeros(len(nodes)), {}, {}, _Explainer(ledger, pod, [], None))
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
+    rejections: dict[str, int] = {}
     rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
     known = nodes
     if (rows < 0).any():
         for name, row in zip(nodes, rows.tolist()):
             if row < 0:
                 problem = ledger.problem(name)
+                label = "excluded-node" if problem else "no-inventory"
+                rejections[label] = rejections.get(label, 0) + 1
                 unresolvable[name] = (
                     f"fracgpu: node excluded: {problem}" if problem else "fracgpu: node has no GPU inventory"
                 )
@@ -139,7 +143,7 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
         rows = rows[rows >= 0]
     explainer = _Explainer(ledger, pod, known, rows)
     if not known:
-        return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer)
+        return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer, rejections)
     if pod.single is not None:
         fit, codes, scores = explainer.vectorised(policy)
     else:
@@ -149,10 +153,23 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     misfits = np.flatnonzero(~fit)
     if len(misfits):
         messages = _Messages(pod)
-        texts = {int(c): messages.text(int(c)) for c in np.unique(codes[misfits]).tolist()}
+        kinds, counts = np.unique(codes[misfits], return_counts=True)
+        texts = {int(c): messages.text(int(c)) for c in kinds.tolist()}
+        for code, count in zip(kinds.tolist(), counts.tolist()):
+            label = _category(code)
+            rejections[label] = rejections.get(label, 0) + count
         for i, code in zip(misfits.tolist(), codes[misfits].tolist()):
             (failed if code >= RESOLVABLE else unresolvable)[known[i]] = texts[code]
-    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer)
+    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections)
+
+
+def _category(code: int) -> str:
+    """A short, bounded label per misfit code (a metrics label: no node names, no numbers)."""
+    fixed = {POOL: "pool", MODEL: "model", TOO_FEW: "too-few-gpus", TOO_BIG: "gpu-too-small", JOINT: "containers"}
+    if code in fixed:
+        return fixed[code]
+    bits = code - RESOLVABLE
+    return "+".join(label for bit, label in ((1, "units"), (2, "memory"), (4, "gpu-pool")) if bits & bit)
 
 
 def place(ledger: Ledger, pod: PodRequest, node: str, policy: Policy) -> Placement | Misfit:

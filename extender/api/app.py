@@ -1,0 +1,170 @@
+"""The HTTP face of the extender: ``create_app(settings, *, source=None) -> web.Application``.
+
+``POST /filter``, ``/prioritize``, ``/bind``, ``/preempt`` speak kube-scheduler's extender protocol;
+``GET /healthz`` (alive), ``/readyz`` (ledger synced), ``/metrics`` (Prometheus), ``/inspect`` (who holds what).
+
+Errors: a body that is not the protocol's JSON is answered 400 with ``{"Error": "..."}`` naming what was
+wrong, a body over the size limit 413, a fault of ours 500 — never a traceback, never a changed ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from typing import AsyncIterator
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .service import BadRequest, Extender
+from .settings import ExtenderSettings
+from .source import ClusterSource
+from .static import StaticCluster
+from .wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    HostPriorityList,
+    WireModel,
+)
+
+log = logging.getLogger("fracgpu.extender")
+EXTENDER = web.AppKey("extender", Extender)
+
+
+def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = None) -> web.Application:
+    if source is None:
+        source = _source_for(settings)
+    extender = Extender(settings, source)
+    app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[_errors])
+    app[EXTENDER] = extender
+    app.router.add_post("/filter", _filter)
+    app.router.add_post("/prioritize", _prioritize)
+    app.router.add_post("/bind", _bind)
+    app.router.add_post("/preempt", _preempt)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/inspect", _inspect)
+    app.cleanup_ctx.append(_feed)
+    return app
+
+
+def _source_for(settings: ExtenderSettings) -> ClusterSource:
+    if settings.cluster is not None:
+        return StaticCluster.from_file(settings.cluster)
+    from ..kube.live import LiveCluster  # the only place the Kubernetes client is needed
+
+    return LiveCluster.connect(settings.kubeconfig)
+
+
+async def _feed(app: web.Application) -> AsyncIterator[None]:
+    """Run the cluster feed (list, then watch) for the app's lifetime; cancel and await it on shutdown."""
+    extender = app[EXTENDER]
+    task = asyncio.create_task(extender.source.run(extender), name="fracgpu-cluster-feed")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _error(message: str, status: int) -> web.Response:
+    return _json(orjson.dumps({"Error": message}), status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    verb = request.path.strip("/") or "root"
+    metrics = request.app[EXTENDER].metrics
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BadRequest as exc:
+        status = 400
+        return _error(f"{verb}: {exc}", 400)
+    except web.HTTPRequestEntityTooLarge as exc:
+        status = 413
+        return _error(f"{verb}: request body too large ({exc.text}); raise max_body_mib if this is real", 413)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception as exc:  # a fault of ours: say so, keep serving
+        log.exception("%s failed", verb)
+        return _error(f"{verb}: internal error: {type(exc).__name__}: {exc}", 500)
+    finally:
+        if verb in ("filter", "prioritize", "bind", "preempt"):
+            metrics.latency.labels(verb).observe(time.perf_counter() - start)
+            metrics.requests.labels(verb, str(status)).inc()
+
+
+async def _decode(request: web.Request, model: type[WireModel]) -> WireModel:
+    body = await request.read()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"body must be a JSON object ({model.__name__}), got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__
+        raise BadRequest(f"{model.__name__}.{where}: {first['msg']}") from None
+
+
+async def _filter(request: web.Request) -> web.Response:
+    args = await _decode(request, ExtenderArgs)
+    result: ExtenderFilterResult = request.app[EXTENDER].filter(args)
+    return _json(result.dumps())
+
+
+async def _prioritize(request: web.Request) -> web.Response:
+    args = await _decode(request, ExtenderArgs)
+    return _json(HostPriorityList(request.app[EXTENDER].prioritize(args)).dumps())
+
+
+async def _bind(request: web.Request) -> web.Response:
+    args = await _decode(request, ExtenderBindingArgs)
+    return _json((await request.app[EXTENDER].bind(args)).dumps())
+
+
+async def _preempt(request: web.Request) -> web.Response:
+    args = await _decode(request, ExtenderPreemptionArgs)
+    return _json(request.app[EXTENDER].preempt(args).dumps())
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[EXTENDER].synced:
+        return web.Response(text="ok")
+    return web.Response(text="ledger not synced yet", status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[EXTENDER].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _inspect(request: web.Request) -> web.Response:
+    extender = request.app[EXTENDER]
+    node = request.query.get("node")
+    if node is not None and extender.ledger.row_of(node) is None:
+        reason = extender.ledger.problem(node) or "no GPU inventory known"
+        return _error(f"inspect: unknown node {node!r}: {reason}", 404)
+    return _json(orjson.dumps(extender.inspect(node)))

@@ -1,0 +1,376 @@
+"""The extender's verbs over the ledger: Filter, Prioritize, Bind, Preempt, and the cluster feed.
+
+Independent of aiohttp (see :mod:`extender.api.app` for the HTTP side) so it can be driven directly. All
+ledger changes happen on the event loop's thread, and each verb's decision and its reservation are made
+without an ``await`` in between, so concurrent binds can never both take the same capacity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from ..core import (
+    Assignment,
+    CorruptAnnotation,
+    InvalidRequest,
+    LedgerConflict,
+    Misfit,
+    PodRequest,
+    evaluate,
+    from_annotation,
+    make_policy,
+    parse_pod,
+    place,
+    to_annotation,
+)
+from ..core.cluster import LoadReport, load_node, load_pod
+from ..core.ledger import Ledger
+from ..core.placement import Evaluation
+from ..core.policies import POLICIES, Policy
+from ..core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POLICY_ANNOTATION
+from .metrics import Metrics
+from .settings import ExtenderSettings
+from .source import BindError, ClusterSource
+from .wire import (
+    MAX_EXTENDER_PRIORITY,
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
+    HostPriority,
+    MetaPod,
+    MetaVictims,
+)
+
+log = logging.getLogger("fracgpu.extender")
+
+
+class BadRequest(ValueError):
+    """The request is malformed for the protocol (HTTP 400), as opposed to a pod that does not fit."""
+
+
+@dataclass
+class _Seen:
+    pod: dict
+    request: PodRequest | None
+    error: str | None
+    at: float
+
+
+class Extender:
+    def __init__(self, settings: ExtenderSettings, source: ClusterSource, *, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.core = settings.core()
+        self.ledger = Ledger(self.core)
+        self.source = source
+        self.metrics = metrics or Metrics(self.ledger)
+        self.clock = clock
+        self.synced = False
+        self.warnings: deque[str] = deque(maxlen=1000)  # the latest problems with nodes and pods
+        self._policies: dict[str, Policy] = {}
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._pods: dict[str, dict] = {}  # uid -> pod, for bind lookups and preemption priorities
+        self._node_raw: dict[str, object] = {}  # node -> last inventory annotation read (non-cache mode)
+        self._last: tuple[str, int, Evaluation] | None = None  # this cycle's evaluation, for Prioritize
+
+    # ------------------------------------------------------------------ cluster feed (ClusterSink)
+    def on_node(self, node: Mapping) -> None:
+        name = (node.get("metadata") or {}).get("name")
+        self._node_raw[name] = ((node.get("metadata") or {}).get("annotations") or {}).get(GPUS_ANNOTATION)
+        self._feed(load_node, node)
+
+    def on_node_deleted(self, name: str) -> None:
+        self.ledger.remove_node(name)
+        self._node_raw.pop(name, None)
+
+    def on_pod(self, pod: Mapping) -> None:
+        uid = (pod.get("metadata") or {}).get("uid") or ""
+        if uid:
+            self._pods[uid] = pod
+        self._feed(load_pod, pod)
+
+    def _feed(self, loader: Callable, obj: Mapping) -> None:
+        report = LoadReport()
+        loader(self.ledger, obj, report)
+        for warning in report.warnings:
+            log.warning("%s", warning)
+            self.warnings.append(warning)
+
+    def on_pod_deleted(self, pod: Mapping) -> None:
+        uid = (pod.get("metadata") or {}).get("uid") or ""
+        self._pods.pop(uid, None)
+        self._seen.pop(uid, None)
+        self.ledger.release(uid)
+
+    def on_synced(self) -> None:
+        self.synced = True
+        self.metrics.synced.set(1)
+        log.info("ledger synced: %d nodes, %d pods holding GPUs", len(self.ledger.node_names()),
+                 sum(1 for _ in self.ledger.assignments()))
+
+    # ------------------------------------------------------------------ verbs
+    def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        names, node_objects = self._candidates(args)
+        request, error = self._remember(args.pod)
+        if error is not None:
+            self.metrics.rejected("invalid-request", len(names))
+            unresolvable = {name: error for name in names}
+            return self._filter_result([], node_objects, {}, unresolvable)
+        if not request.wants_gpu:
+            return self._filter_result(names, node_objects, {}, {})
+        evaluation = evaluate(self.ledger, request, names, self._policy(request))
+        self._last = (request.uid, self.ledger.generation, evaluation)
+        for label, count in evaluation.rejections.items():
+            self.metrics.rejected(label, count)
+        self.metrics.decisions.labels("filter", "fit").inc(len(evaluation.fits))
+        self.metrics.decisions.labels("filter", "misfit").inc(len(evaluation.failed) + len(evaluation.unresolvable))
+        return self._filter_result(evaluation.fits, node_objects, evaluation.failed, evaluation.unresolvable)
+
+    def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
+        names, _ = self._candidates(args)
+        request, error = self._remember(args.pod)
+        if error is not None or not request.wants_gpu:
+            return [HostPriority(host=n, score=0) for n in names]
+        last = self._last
+        if last is not None and last[0] == request.uid and last[1] == self.ledger.generation \
+                and set(names) <= set(last[2].fits):
+            evaluation = last[2]
+        else:
+            evaluation = evaluate(self.ledger, request, names, self._policy(request))
+        scores = dict(zip(evaluation.fits, evaluation.scores.tolist()))
+        return [HostPriority(host=n, score=min(MAX_EXTENDER_PRIORITY, max(0, round(scores.get(n, 0.0)))))
+                for n in names]
+
+    async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
+        uid, node = args.pod_uid, args.node
+        who = f"pod {args.pod_namespace}/{args.pod_name}"
+        held = self.ledger.assignment(uid)
+        if held is not None:
+            if held.node != node:
+                return self._bind_failed(f"{who} already holds GPUs on node {held.node}, not {node}")
+            if self.ledger.is_reserved(uid):
+                return self._bind_failed(f"{who}: a bind to {node} is already in progress; retry")
+            self.metrics.decisions.labels("bind", "already-bound").inc()
+            return ExtenderBindingResult()  # idempotent: already bound there with its assignment
+        request, error = await self._request_for_bind(args)
+        if error is not None:
+            return self._bind_failed(error)
+        if not request.wants_gpu:
+            return self._bind_failed(f"{who} asks for no {self.core.vgpu_resource}; nothing for fracgpu to bind")
+        policy = self._policy(request)
+        result = place(self.ledger, request, node, policy)
+        if isinstance(result, Misfit):
+            return self._bind_failed(f"{who} no longer fits node {node}: {result.explain()}")
+        assignment = result.assignment(request, policy.name)
+        try:
+            self.ledger.reserve(assignment)  # no await since place(): nobody else took the capacity
+        except LedgerConflict as exc:
+            return self._bind_failed(str(exc))
+        annotation = to_annotation(assignment, timestamp=_utc_now())
+        try:
+            await self.source.bind(namespace=args.pod_namespace, name=args.pod_name, uid=uid, node=node,
+                                   annotations={ASSIGNMENT_ANNOTATION: annotation})
+        except BindError as exc:
+            if exc.conflict and await self._bound_as_we_wanted(args, assignment):
+                self._commit(uid)
+                return ExtenderBindingResult()
+            self.ledger.release(uid)
+            return self._bind_failed(f"{who}: binding to {node} failed: {exc}")
+        except Exception as exc:  # the API server away, a timeout: release what we held, report
+            self.ledger.release(uid)
+            log.exception("bind of %s to %s failed", who, node)
+            return self._bind_failed(f"{who}: binding to {node} failed: {exc}")
+        self._commit(uid)
+        self.metrics.decisions.labels("bind", "bound").inc()
+        log.info("bound %s to %s: %s", who, node, _shares(assignment))
+        return ExtenderBindingResult()
+
+    def preempt(self, args: ExtenderPreemptionArgs) -> ExtenderPreemptionResult:
+        """Keep, per node, the proposed victims the pod really needs gone on the GPUs that would host it.
+
+        Victims that hold no GPUs there were chosen by the scheduler for other resources: kept. Of those that
+        hold GPUs, the smallest set is kept, reprieving the highest-priority pods first. A node where even
+        every proposed victim gone leaves no room for the pod is dropped. A node is never answered with an
+        empty list (kube-scheduler rejects that): if GPUs need nobody gone, the scheduler's list stands.
+        """
+        request, error = self._remember(args.pod)
+        if error is not None:
+            raise BadRequest(error)
+        proposed = self._proposed_victims(args)
+        policy = self._policy(request)
+        answer: dict[str, MetaVictims] = {}
+        for node, (uids, violations) in sorted(proposed.items()):
+            on_gpus = [u for u in uids if (a := self.ledger.assignment(u)) is not None and a.node == node]
+            others = [u for u in uids if u not in on_gpus]
+            with self.ledger.without(on_gpus):
+                if not self._fits(request, node, policy):
+                    self.metrics.decisions.labels("preempt", "node-dropped").inc()
+                    continue
+            needed = list(on_gpus)
+            for uid in sorted(on_gpus, key=lambda u: (-self._priority(u), u)):
+                trial = [u for u in needed if u != uid]
+                with self.ledger.without(trial):
+                    if self._fits(request, node, policy):
+                        needed = trial
+            keep = [u for u in uids if u in others or u in needed] or list(uids)
+            answer[node] = MetaVictims(pods=[MetaPod(uid=u) for u in keep], num_pdb_violations=violations)
+            self.metrics.decisions.labels("preempt", "node-kept").inc()
+        return ExtenderPreemptionResult(node_name_to_meta_victims=answer)
+
+    def inspect(self, node: str | None = None) -> dict:
+        names = [node] if node else self.ledger.node_names()
+        return {
+            "synced": self.synced,
+            "policy": self.settings.policy,
+            "unitsPerGpu": self.core.units_per_gpu,
+            "nodes": {n: self.ledger.gpu_table(n) for n in names if self.ledger.row_of(n) is not None},
+            "excludedNodes": self.ledger.problems(),
+            "orphans": self.ledger.orphans(),
+            "pods": len(list(self.ledger.assignments())),
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _candidates(self, args: ExtenderArgs) -> tuple[list[str], list[dict] | None]:
+        if args.node_names is not None:
+            return list(args.node_names), None
+        if args.nodes is not None:
+            items = args.nodes.get("items") if isinstance(args.nodes, dict) else None
+            if not isinstance(items, list):
+                raise BadRequest("Nodes must be a NodeList with items")
+            names = []
+            for position, node in enumerate(items):
+                name = (node.get("metadata") or {}).get("name") if isinstance(node, dict) else None
+                if not isinstance(name, str) or not name:
+                    raise BadRequest(f"Nodes.items[{position}].metadata.name is missing")
+                raw = ((node.get("metadata") or {}).get("annotations") or {}).get(GPUS_ANNOTATION)
+                if self._node_raw.get(name, ...) != raw:  # only re-read an inventory that changed
+                    self.on_node(node)
+                names.append(name)
+            return names, items
+        raise BadRequest("the request names no candidate nodes (neither NodeNames nor Nodes)")
+
+    def _filter_result(self, fits: list[str], node_objects: list[dict] | None, failed: dict[str, str],
+                       unresolvable: dict[str, str]) -> ExtenderFilterResult:
+        if node_objects is None:
+            return ExtenderFilterResult(node_names=fits, failed_nodes=failed,
+                                        failed_and_unresolvable_nodes=unresolvable)
+        keep = set(fits)
+        items = [n for n in node_objects if n["metadata"]["name"] in keep]
+        return ExtenderFilterResult(nodes={"metadata": {}, "items": items}, failed_nodes=failed,
+                                    failed_and_unresolvable_nodes=unresolvable)
+
+    def _remember(self, pod: dict | None) -> tuple[PodRequest | None, str | None]:
+        """Parse the cycle's pod (kept by UID for Bind, which carries only the pod's name and UID)."""
+        if pod is None:
+            raise BadRequest("Pod is missing")
+        if not isinstance(pod, dict):
+            raise BadRequest("Pod must be an object")
+        uid = (pod.get("metadata") or {}).get("uid") if isinstance(pod.get("metadata"), dict) else None
+        seen = self._seen.get(uid) if uid else None
+        if seen is not None and seen.pod is pod:
+            return seen.request, seen.error
+        request, error = None, None
+        try:
+            request = parse_pod(pod, self.core)
+            self._policy(request)
+        except InvalidRequest as exc:
+            error = f"fracgpu: {exc}"
+        if uid:
+            self._seen[uid] = _Seen(pod, request, error, self.clock())
+            self._seen.move_to_end(uid)
+            self._expire()
+        return request, error
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.settings.pod_cache_seconds
+        while self._seen and next(iter(self._seen.values())).at < horizon:
+            self._seen.popitem(last=False)
+        while len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+
+    async def _request_for_bind(self, args: ExtenderBindingArgs) -> tuple[PodRequest | None, str | None]:
+        who = f"pod {args.pod_namespace}/{args.pod_name}"
+        seen = self._seen.get(args.pod_uid)
+        if seen is None:
+            pod = self._pods.get(args.pod_uid) or await self.source.get_pod(args.pod_namespace, args.pod_name)
+            if pod is None:
+                return None, f"{who} ({args.pod_uid}) not found"
+            if (pod.get("metadata") or {}).get("uid") != args.pod_uid:
+                return None, f"{who}: UID {args.pod_uid} is not the pod's ({pod.get('metadata', {}).get('uid')})"
+            return self._remember(pod)
+        return seen.request, seen.error
+
+    def _policy(self, request: PodRequest) -> Policy:
+        name = request.policy or self.settings.policy
+        if name not in POLICIES:
+            raise InvalidRequest(f"metadata.annotations[{POLICY_ANNOTATION}]",
+                                 f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}", pod=request.key)
+        if name not in self._policies:
+            self._policies[name] = make_policy(name, seed=self.settings.seed) if name == "random" else make_policy(name)
+        return self._policies[name]
+
+    def _fits(self, request: PodRequest, node: str, policy: Policy) -> bool:
+        return not isinstance(place(self.ledger, request, node, policy), Misfit)
+
+    def _proposed_victims(self, args: ExtenderPreemptionArgs) -> dict[str, tuple[list[str], int]]:
+        out: dict[str, tuple[list[str], int]] = {}
+        if args.node_name_to_meta_victims is not None:
+            for node, victims in args.node_name_to_meta_victims.items():
+                if victims is not None:
+                    out[node] = ([p.uid for p in victims.pods or []], victims.num_pdb_violations)
+        elif args.node_name_to_victims is not None:
+            for node, victims in args.node_name_to_victims.items():
+                if victims is None:
+                    continue
+                uids = []
+                for pod in victims.pods or []:
+                    uid = (pod.get("metadata") or {}).get("uid")
+                    if not uid:
+                        raise BadRequest(f"NodeNameToVictims[{node}]: a victim pod has no metadata.uid")
+                    self._pods.setdefault(uid, pod)
+                    uids.append(uid)
+                out[node] = (uids, victims.num_pdb_violations)
+        return out
+
+    def _priority(self, uid: str) -> int:
+        priority = ((self._pods.get(uid) or {}).get("spec") or {}).get("priority")
+        return priority if isinstance(priority, int) else 0
+
+    async def _bound_as_we_wanted(self, args: ExtenderBindingArgs, assignment: Assignment) -> bool:
+        """After a conflict: a retried bind whose first attempt did land is a success."""
+        pod = await self.source.get_pod(args.pod_namespace, args.pod_name)
+        if not pod or (pod.get("metadata") or {}).get("uid") != args.pod_uid:
+            return False
+        if (pod.get("spec") or {}).get("nodeName") != args.node:
+            return False
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+        try:
+            theirs = from_annotation(raw, pod_uid=args.pod_uid, namespace=args.pod_namespace, name=args.pod_name)
+        except CorruptAnnotation:
+            return False
+        return theirs.containers == assignment.containers
+
+    def _commit(self, uid: str) -> None:
+        if self.ledger.is_reserved(uid):
+            self.ledger.commit(uid)
+
+    def _bind_failed(self, message: str) -> ExtenderBindingResult:
+        self.metrics.decisions.labels("bind", "failed").inc()
+        log.warning("%s", message)
+        return ExtenderBindingResult(error=message)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _shares(assignment: Assignment) -> str:
+    return "; ".join(f"{c.name}: " + ", ".join(f"GPU {s.index} {s.units}u/{s.memory_mib}MiB" for s in c.gpus)
+                     for c in assignment.containers)

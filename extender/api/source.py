@@ -1,0 +1,37 @@
+"""Where the extender's picture of the cluster comes from, and where its bindings go.
+
+Two implementations: :class:`extender.api.static.StaticCluster` (a file; bindings change memory only) and
+:class:`extender.kube.live.LiveCluster` (list + watch against the API server; bindings are Binding objects).
+Both feed the same :class:`ClusterSink`, which is how the ledger is kept current.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+
+class BindError(Exception):
+    """A binding the cluster refused. ``conflict``: the pod is already bound (or gone/replaced)."""
+
+    def __init__(self, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+class ClusterSink(Protocol):
+    def on_node(self, node: Mapping) -> None: ...
+    def on_node_deleted(self, name: str) -> None: ...
+    def on_pod(self, pod: Mapping) -> None: ...
+    def on_pod_deleted(self, pod: Mapping) -> None: ...
+    def on_synced(self) -> None: ...
+
+
+class ClusterSource(Protocol):
+    async def run(self, sink: ClusterSink) -> None:
+        """Feed the sink: everything there is, then every change, until cancelled. Calls ``on_synced`` once
+        the first full listing of nodes and pods has been delivered."""
+
+    async def get_pod(self, namespace: str, name: str) -> dict | None: ...
+
+    async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
+        """Bind the pod (guarded by its UID) with these annotations, atomically. Raises :class:`BindError`."""

@@ -1,0 +1,97 @@
+"""Static mode: the cluster is a file, exactly what ``kubectl get nodes,pods -o yaml`` (or ``-o json``) prints.
+
+For demos, tests and dry runs. Binding a pod updates the in-memory pod (``spec.nodeName`` and the
+annotations, as the API server would) and reports it to the sink like a watch event would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+
+import orjson
+import yaml
+
+from .source import BindError, ClusterSink
+
+
+class ClusterFileError(ValueError):
+    pass
+
+
+def read_cluster_file(path: Path) -> tuple[list[dict], list[dict]]:
+    """Nodes and pods of a ``v1`` List (YAML or JSON). Raises :class:`ClusterFileError` saying what is wrong."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ClusterFileError(f"cluster file {path}: cannot read: {exc.strerror}") from None
+    try:
+        data = orjson.loads(text) if text.lstrip()[:1] in (b"{", b"[") else yaml.safe_load(text)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ClusterFileError(f"cluster file {path}: not valid YAML or JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("kind") == "List" or isinstance(data, dict) and "items" in data:
+        items = data.get("items") or []
+    elif isinstance(data, list):
+        items = data
+    else:
+        raise ClusterFileError(f"cluster file {path}: expected a v1 List with items (kubectl get nodes,pods -o yaml)")
+    nodes, pods = [], []
+    for position, item in enumerate(items):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind == "Node":
+            nodes.append(item)
+        elif kind == "Pod":
+            pods.append(item)
+        else:
+            raise ClusterFileError(f"cluster file {path}: items[{position}] is {kind!r}, expected Node or Pod")
+    return nodes, pods
+
+
+class StaticCluster:
+    def __init__(self, nodes: list[dict], pods: list[dict]) -> None:
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.pods = {(p["metadata"].get("namespace") or "default", p["metadata"]["name"]): p for p in pods}
+        self._sink: ClusterSink | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> "StaticCluster":
+        return cls(*read_cluster_file(path))
+
+    async def run(self, sink: ClusterSink) -> None:
+        self._sink = sink
+        for node in self.nodes.values():
+            sink.on_node(node)
+        for pod in self.pods.values():
+            sink.on_pod(pod)
+        sink.on_synced()
+        await asyncio.Event().wait()  # nothing changes on its own; run until cancelled
+
+    def add_pod(self, pod: dict) -> None:
+        """Create a pod (a test or demo submitting work)."""
+        self.pods[(pod["metadata"].get("namespace") or "default", pod["metadata"]["name"])] = pod
+        if self._sink is not None:
+            self._sink.on_pod(pod)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        pod = self.pods.pop((namespace, name), None)
+        if pod is not None and self._sink is not None:
+            self._sink.on_pod_deleted(pod)
+
+    async def get_pod(self, namespace: str, name: str) -> dict | None:
+        pod = self.pods.get((namespace, name))
+        return copy.deepcopy(pod) if pod is not None else None
+
+    async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
+        pod = self.pods.get((namespace, name))
+        if pod is None or (uid and pod["metadata"].get("uid") != uid):
+            raise BindError(f"pod {namespace}/{name} ({uid}) not found", conflict=True)
+        bound = (pod.get("spec") or {}).get("nodeName")
+        if bound:
+            raise BindError(f"pod {namespace}/{name} is already bound to {bound}", conflict=True)
+        if node not in self.nodes:
+            raise BindError(f"node {node} not found")
+        pod.setdefault("spec", {})["nodeName"] = node
+        pod["metadata"].setdefault("annotations", {}).update(annotations)
+        if self._sink is not None:
+            self._sink.on_pod(pod)
