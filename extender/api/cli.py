@@ -1,0 +1,81 @@
+"""``fracgpu-extender serve``: run the scheduler extender.
+
+Settings come from ``--config FILE`` (YAML), then ``FRACGPU_*`` environment variables, then flags; a wrong
+setting stops the process at start with a message that names it (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .settings import ExtenderSettings, SettingsError, load_settings
+from .static import ClusterFileError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fracgpu-extender", description="fracgpu kube-scheduler extender")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve filter, prioritize, bind and preempt over HTTP(S)")
+    serve.add_argument("--config", type=Path, help="YAML file of settings (keys as the flags, with _ or -)")
+    serve.add_argument("--policy", help="default placement policy (a pod may choose with fracgpu.io/policy)")
+    serve.add_argument("--seed", type=int, help="seed of the random policy")
+    serve.add_argument("--units-per-gpu", type=int, dest="units_per_gpu")
+    serve.add_argument("--vgpu-resource", dest="vgpu_resource")
+    serve.add_argument("--memory-resource", dest="memory_resource")
+    serve.add_argument("--reserve-mib", type=int, dest="reserve_mib", help="MiB held back on every GPU")
+    serve.add_argument("--reserve-percent", type=float, dest="reserve_percent", help="%% of each GPU held back")
+    serve.add_argument("--pools", action=argparse.BooleanOptionalAction, default=None, help="pool isolation")
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8888)")
+    serve.add_argument("--tls-cert", type=Path, dest="tls_cert")
+    serve.add_argument("--tls-key", type=Path, dest="tls_key")
+    serve.add_argument("--tls-client-ca", type=Path, dest="tls_client_ca", help="require client certs (mutual TLS)")
+    serve.add_argument("--cluster", type=Path, help="static mode: a v1 List of Nodes and Pods (YAML or JSON)")
+    serve.add_argument("--kubeconfig", type=Path, help="live mode outside the cluster (default: in-cluster)")
+    serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def ssl_context(settings: ExtenderSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "log_level")}
+    if flags.get("pools") is not None:
+        flags["pools"] = bool(flags["pools"])
+    try:
+        settings = load_settings(config_file=args.config, flags=flags)
+        context = ssl_context(settings)
+        from .app import create_app
+
+        app = create_app(settings)
+    except (SettingsError, ClusterFileError) as exc:
+        print(f"fracgpu-extender: {exc}", file=sys.stderr)
+        return 2
+    except (ssl.SSLError, OSError) as exc:
+        print(f"fracgpu-extender: TLS settings: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(app, host=settings.host, port=settings.port, ssl_context=context, print=None,
+                access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Live mode's list/watch loop and binder, driven by a scripted stand-in for the API server's HTTP answers.
+
+This checks our loop logic (410 relist, deletions seen on relist, backoff, the Binding we post); the real
+API server is exercised by the end-to-end tests.
+"""
+
+import asyncio
+import threading
+import time
+
+import orjson
+import pytest
+from kubernetes.client.rest import ApiException
+
+from extender.api.service import Extender
+from extender.api.settings import load_settings
+from extender.api.source import BindError
+from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
+from extender.core.settings import ASSIGNMENT_ANNOTATION
+from extender.kube.live import LiveCluster
+from extender.testing.factories import gpu_node, gpu_pod
+
+
+class Response:
+    def __init__(self, payload=None, lines=(), status=200, hold=0.0):
+        self.data = orjson.dumps(payload) if payload is not None else b""
+        self.lines = [orjson.dumps(line) + b"\n" for line in lines]
+        self.status = status
+        self.hold = hold
+        self.closed = threading.Event()
+
+    def stream(self, amt=None, decode_content=True):
+        for line in self.lines:
+            yield line[:5]  # split across chunks, as a network would
+            yield line[5:]
+        self.closed.wait(self.hold)
+
+    def close(self):
+        self.closed.set()
+
+
+class FakeApi:
+    """Answers list and watch calls from scripts; after a script ends, watches idle briefly and end."""
+
+    def __init__(self, lists, watches):
+        self.lists = {k: list(v) for k, v in lists.items()}
+        self.watches = {k: list(v) for k, v in watches.items()}
+        self.calls = []
+        self.bindings = []
+
+    def _answer(self, kind, watch=False, **kwargs):
+        self.calls.append((kind, watch, kwargs.get("resource_version")))
+        script = self.watches[kind] if watch else self.lists[kind]
+        item = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def list_node(self, **kwargs):
+        return self._answer("nodes", **kwargs)
+
+    def list_pod_for_all_namespaces(self, **kwargs):
+        return self._answer("pods", **kwargs)
+
+    def create_namespaced_binding(self, namespace, body, _preload_content=True):
+        self.bindings.append((namespace, body))
+        if body.metadata.name == "taken":
+            raise ApiException(status=409, reason="Conflict")
+        return Response(status=201)
+
+
+def listing(items, version):
+    return Response({"metadata": {"resourceVersion": version}, "items": items})
+
+
+def bound(pod, node, units):
+    uid = pod["metadata"]["uid"]
+    assignment = Assignment(uid, "default", pod["metadata"]["name"], node, None, "binpack",
+                            (ContainerAssignment("main", "app", (GpuShare(0, f"GPU-{node}-0", units, 1000),)),))
+    pod["spec"]["nodeName"] = node
+    pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = to_annotation(assignment)
+    return pod
+
+
+async def wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_list_watch_relist_on_410_sees_deletions_during_the_gap():
+    node = gpu_node("n1", gpus=1, memory_mib=16000)
+    p1, p2, p3 = (bound(gpu_pod(n, units=u), "n1", u) for n, u in (("p1", 10), ("p2", 20), ("p3", 30)))
+    api = FakeApi(
+        lists={"nodes": [listing([node], "5")],
+               "pods": [listing([p1], "7"), listing([p2, p3], "20")]},  # p1 vanished during the gap
+        watches={"nodes": [Response(lines=[], hold=0.05)],
+                 "pods": [Response(lines=[{"type": "ADDED", "object": p2},
+                                          {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}},
+                                          {"type": "ERROR", "object": {"kind": "Status", "code": 410}}]),
+                          Response(lines=[], hold=0.05)]},
+    )
+    extender = Extender(load_settings(env={}), LiveCluster(api, backoff=(0.01, 0.02)))
+    task = asyncio.create_task(extender.source.run(extender))
+    try:
+        await wait_for(lambda: extender.synced and api.calls.count(("pods", False, None)) >= 2
+                       and extender.ledger.gpu_table("n1")[0]["unitsUsed"] == 50)
+        table = extender.ledger.gpu_table("n1")[0]
+        assert table["pods"] == ["default/p2", "default/p3"]  # p1 released by the relist
+        assert ("pods", True, "7") in api.calls  # the first watch continued from the list's version
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_errors_back_off_and_relist():
+    node = gpu_node("n1", gpus=1)
+    delays = []
+
+    async def sleep(seconds):
+        delays.append(seconds)
+
+    api = FakeApi(
+        lists={"nodes": [ApiException(status=500, reason="boom"), ApiException(status=503, reason="away"),
+                         listing([node], "1")],
+               "pods": [listing([], "1")]},
+        watches={"nodes": [Response(lines=[], hold=0.05)], "pods": [Response(lines=[], hold=0.05)]},
+    )
+    extender = Extender(load_settings(env={}), LiveCluster(api, backoff=(0.5, 30.0), sleep=sleep))
+    task = asyncio.create_task(extender.source.run(extender))
+    try:
+        await wait_for(lambda: extender.synced)
+        assert delays[:2] == [0.5, 1.0] and extender.ledger.node_names() == ["n1"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_bind_posts_a_uid_guarded_binding_with_the_annotation():
+    api = FakeApi(lists={"nodes": [listing([], "1")], "pods": [listing([], "1")]}, watches={})
+    live = LiveCluster(api)
+    await live.bind(namespace="ns", name="p", uid="u-1", node="n1", annotations={ASSIGNMENT_ANNOTATION: "{}"})
+    namespace, body = api.bindings[0]
+    assert namespace == "ns" and body.metadata.uid == "u-1" and body.target.name == "n1"
+    assert body.target.kind == "Node" and body.metadata.annotations == {ASSIGNMENT_ANNOTATION: "{}"}
+    with pytest.raises(BindError) as error:
+        await live.bind(namespace="ns", name="taken", uid="u-2", node="n1", annotations={})
+    assert error.value.conflict and "409 Conflict" in str(error.value)
