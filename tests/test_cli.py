@@ -1,0 +1,78 @@
+"""`fracgpu-extender serve`: settings from flags, environment and file; wrong ones stop it at start; TLS and
+mutual TLS actually serve."""
+
+import ssl
+
+import aiohttp
+import pytest
+import trustme
+
+from extender.api import cli
+from extender.api.app import create_app
+from extender.api.settings import SettingsError, load_settings
+from extender.api.static import StaticCluster
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["serve", "--policy", "fastest"], "policy: unknown policy 'fastest'"),
+     (["serve", "--listen", "8888"], "listen: must be HOST:PORT"),
+     (["serve", "--units-per-gpu", "0"], "units_per_gpu"),
+     (["serve", "--reserve-percent", "120"], "reserve_percent"),
+     (["serve", "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "tls_cert: file /nonexistent.crt does not exist"),
+     (["serve", "--cluster", "/nonexistent.yaml"], "cluster: file /nonexistent.yaml does not exist"),
+     (["serve", "--config", "/nonexistent-config.yaml"], "config file /nonexistent-config.yaml: cannot read")],
+)
+def test_bad_settings_stop_the_process_naming_the_setting(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_cluster_file_is_reported(tmp_path, capsys):
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("kind: List\nitems:\n- kind: Deployment\n")
+    assert cli.main(["serve", "--cluster", str(bad)]) == 2
+    assert "items[0] is 'Deployment', expected Node or Pod" in capsys.readouterr().err
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("policy: spread\nreserve-mib: 100\nseed: 3\n")
+    settings = load_settings(config_file=config, env={"FRACGPU_POLICY": "best-fit", "FRACGPU_RESERVE_MIB": "200"},
+                             flags={"reserve_mib": 300})
+    assert (settings.policy, settings.reserve_mib, settings.seed) == ("best-fit", 300, 3)
+    config.write_text("polcy: spread\n")
+    with pytest.raises(SettingsError, match="polcy: Extra inputs are not permitted"):
+        load_settings(config_file=config, env={})
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("fracgpu-scheduler")
+    folder = tmp_path_factory.mktemp("pki")
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key", "client")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.cert_chain_pems[0].write_to_path(paths["cert"])
+    server.private_key_pem.write_to_path(paths["key"])
+    client_cert.private_key_and_cert_chain_pem.write_to_path(paths["client"])
+    return paths
+
+
+async def _get(url, ca, client_pem=None):
+    context = ssl.create_default_context(cafile=str(ca))
+    if client_pem is not None:
+        context.load_cert_chain(str(client_pem))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, ssl=context) as response:
+            return response.status
+
+
+async def test_https_and_mutual_tls(aiohttp_server, pki):
+    settings = load_settings(env={}, flags={"tls_cert": pki["cert"], "tls_key": pki["key"], "tls_client_ca": pki["ca"]})
+    server = await aiohttp_server(create_app(settings, source=StaticCluster([], [])), ssl=cli.ssl_context(settings))
+    url = f"https://127.0.0.1:{server.port}/healthz"
+    assert await _get(url, pki["ca"], pki["client"]) == 200
+    with pytest.raises(aiohttp.ClientError):
+        await _get(url, pki["ca"])  # no client certificate: refused
