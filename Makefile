@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_filter.py
+	$(PY) benchmarks/bench_http.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

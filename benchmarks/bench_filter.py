@@ -10,6 +10,7 @@ over nodes and GPUs, binpack score), to show what the vectorised path buys. Figu
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import random
 import statistics
 import sys
@@ -35,8 +36,9 @@ def build_cluster(nodes: int, gpus: int, pods: int, seed: int) -> Ledger:
     template = gpu_node("template", gpus=gpus, memory_mib=81_920)
     inventory = parse_node(template, settings)
     for i in range(nodes):
-        ledger.upsert_node(inventory.__class__(name=f"node-{i:05d}", pool=None, gpus=inventory.gpus,
-                                               links=None, source="annotation"))
+        name = f"node-{i:05d}"
+        infos = tuple(replace(g, uuid=f"GPU-{name}-{g.index}") for g in inventory.gpus)  # as gpu_node() names them
+        ledger.upsert_node(replace(inventory, name=name, gpus=infos))
     rng = random.Random(seed)
     shapes, weights = zip(*SHAPES)
     names = ledger.node_names()
@@ -51,7 +53,7 @@ def build_cluster(nodes: int, gpus: int, pods: int, seed: int) -> Ledger:
         if len(free) < count:
             continue
         chosen = rng.sample(free, count)
-        shares = tuple(GpuShare(p, inventory.gpus[p].uuid, units, memory) for p in sorted(chosen))
+        shares = tuple(GpuShare(p, f"GPU-{name}-{p}", units, memory) for p in sorted(chosen))
         uid = f"pod-{placed}"
         ledger.adopt(Assignment(uid, "bench", uid, name, None, "binpack",
                                 (ContainerAssignment("main", "app", shares),)))

@@ -29,8 +29,8 @@ from .wire import (
     ExtenderBindingArgs,
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
-    HostPriorityList,
     WireModel,
+    encode_priorities,
 )
 
 log = logging.getLogger("fracgpu.extender")
@@ -133,7 +133,7 @@ async def _filter(request: web.Request) -> web.Response:
 
 async def _prioritize(request: web.Request) -> web.Response:
     args = await _decode(request, ExtenderArgs)
-    return _json(HostPriorityList(request.app[EXTENDER].prioritize(args)).dumps())
+    return _json(encode_priorities(request.app[EXTENDER].prioritize(args)))
 
 
 async def _bind(request: web.Request) -> web.Response:

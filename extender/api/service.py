@@ -43,7 +43,6 @@ from .wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
     ExtenderPreemptionResult,
-    HostPriority,
     MetaPod,
     MetaVictims,
 )
@@ -133,11 +132,12 @@ class Extender:
         self.metrics.decisions.labels("filter", "misfit").inc(len(evaluation.failed) + len(evaluation.unresolvable))
         return self._filter_result(evaluation.fits, node_objects, evaluation.failed, evaluation.unresolvable)
 
-    def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
+    def prioritize(self, args: ExtenderArgs) -> list[tuple[str, int]]:
+        """(host, score 0..10) for every candidate, in order; 0 for nodes that do not fit."""
         names, _ = self._candidates(args)
         request, error = self._remember(args.pod)
         if error is not None or not request.wants_gpu:
-            return [HostPriority(host=n, score=0) for n in names]
+            return [(n, 0) for n in names]
         last = self._last
         if last is not None and last[0] == request.uid and last[1] == self.ledger.generation \
                 and set(names) <= set(last[2].fits):
@@ -145,8 +145,8 @@ class Extender:
         else:
             evaluation = evaluate(self.ledger, request, names, self._policy(request))
         scores = dict(zip(evaluation.fits, evaluation.scores.tolist()))
-        return [HostPriority(host=n, score=min(MAX_EXTENDER_PRIORITY, max(0, round(scores.get(n, 0.0)))))
-                for n in names]
+        top = MAX_EXTENDER_PRIORITY
+        return [(n, min(top, max(0, round(scores.get(n, 0.0))))) for n in names]
 
     async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
         uid, node = args.pod_uid, args.node

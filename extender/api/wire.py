@@ -9,6 +9,7 @@ accept any casing of the keys on the way in. Pods and Nodes stay plain dicts: th
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -28,10 +29,7 @@ class WireModel(BaseModel):
     def _any_case(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        by_lower = {}
-        for name, field in cls.model_fields.items():
-            by_lower[(field.alias or name).lower()] = field.alias or name
-            by_lower[name] = field.alias or name  # Python-side construction by field name
+        by_lower = _key_table(cls)
         out = {}
         for key, value in data.items():
             target = by_lower.get(key.lower()) if isinstance(key, str) else None
@@ -44,6 +42,22 @@ class WireModel(BaseModel):
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_wire())
+
+
+@lru_cache(maxsize=None)
+def _key_table(cls: type[WireModel]) -> dict[str, str]:
+    """Lower-cased Go name (and Python field name) -> Go name, built once per model."""
+    table = {}
+    for name, field in cls.model_fields.items():
+        table[(field.alias or name).lower()] = field.alias or name
+        table[name] = field.alias or name  # Python-side construction by field name
+    return table
+
+
+def encode_priorities(pairs: list[tuple[str, int]]) -> bytes:
+    """A HostPriorityList as JSON, without building a model per host (Prioritize's hot path). Pinned to
+    ``HostPriorityList`` by tests/test_wire.py."""
+    return orjson.dumps([{"Host": host, "Score": score} for host, score in pairs])
 
 
 class ExtenderArgs(WireModel):
