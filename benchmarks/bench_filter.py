@@ -64,7 +64,6 @@ def build_cluster(nodes: int, gpus: int, pods: int, seed: int) -> Ledger:
 def scalar_baseline(ledger: Ledger, units: int, memory: int, names: list[str]) -> dict[str, float]:
     """The obvious per-node loop: same checks and the binpack formula, one GPU at a time."""
     scores = {}
-    upg = ledger.units_per_gpu
     for name in names:
         row = ledger.row_of(name)
         if row is None:
