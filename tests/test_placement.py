@@ -174,3 +174,11 @@ def test_rejections_are_counted_by_category():
     bind(ledger, gpu_pod("full", units=100), node="a")
     evaluation = evaluate(ledger, parse_pod(gpu_pod("p", units=10), S), ["a", "b", "ghost"], BINPACK)
     assert evaluation.rejections == {"units+memory": 1, "pool": 1, "no-inventory": 1}
+
+
+def test_evaluating_a_pod_of_an_unseen_pool_changes_nothing():
+    ledger = cluster(gpu_node("n", gpus=1))
+    before = (ledger.snapshot(), dict(ledger._pool_ids), ledger.generation)
+    evaluation = evaluate(ledger, parse_pod(gpu_pod("p", units=10, pool="nobody-has-this"), S), ["n"], BINPACK)
+    assert evaluation.fits == [] and "not in the pod's pool (nobody-has-this)" in evaluation.unresolvable["n"]
+    assert (ledger.snapshot(), dict(ledger._pool_ids), ledger.generation) == before

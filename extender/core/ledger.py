@@ -31,6 +31,7 @@ from .settings import CoreSettings
 EMPTY_POOL = -1  # gpu_pool: no pod on the GPU
 MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); no pool may add to it
 NO_POOL = 0  # pool id of "no pool"
+UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
 
 
 def stable_hash(text: str) -> int:
@@ -143,10 +144,6 @@ class Ledger:
     def row_of(self, name: str) -> int | None:
         return self._rows.get(name)
 
-    def inventory(self, name: str) -> NodeInventory | None:
-        row = self._rows.get(name)
-        return None if row is None else self._inventory[row]
-
     def inventory_at(self, row: int) -> NodeInventory:
         inventory = self._inventory[row]
         assert inventory is not None, f"row {row} holds no node"
@@ -169,6 +166,10 @@ class Ledger:
             self._pool_ids[pool] = len(self._pool_names)
             self._pool_names.append(pool)
         return self._pool_ids[pool]
+
+    def find_pool_id(self, pool: str | None) -> int:
+        """The pool's id, or UNKNOWN_POOL (held by no node and no GPU) for a pool the ledger has never seen."""
+        return self._pool_ids.get(pool, UNKNOWN_POOL)
 
     def pool_name(self, pool_id: int) -> str | None:
         return self._pool_names[pool_id]

@@ -213,8 +213,8 @@ class _Checks:
 
     __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
 
-    def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pod: PodRequest, pool: int,
-                 container: ContainerNeed, pod_hash: int, model_lut: np.ndarray | None) -> None:
+    def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pool: int, container: ContainerNeed,
+                 pod_hash: int, model_lut: np.ndarray | None) -> None:
         self.need = Need(container, pod_hash)
         self.memory = self.need.memory(view)
         offered = view.offered_units > 0
@@ -261,23 +261,19 @@ class _Explainer:
         self.view = View(ledger, rows)
         self.gpu_pool = ledger.gpu_pool.take(rows, axis=0)
         self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
-        self.node_pool_ok = ledger.node_pool.take(rows) == ledger.pool_id(pod.pool)
+        self.pool = ledger.find_pool_id(pod.pool)  # a lookup: evaluating never adds to the ledger
+        self.node_pool_ok = ledger.node_pool.take(rows) == self.pool
         self.pod_hash = stable_hash(pod.uid or pod.key)
         self.model_lut = None
         if pod.models is not None:
             names_ = ledger.model_names()
             self.model_lut = np.array([model_matches(pod.models, m) for m in names_] + [False], dtype=bool)
-        self.pool = ledger.pool_id(pod.pool)
         self.searched_rows: dict[int, dict[int, tuple[int, ...]]] = {}
         self.checks: list[_Checks] = []
 
     @cached_property
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
-
-    @property
-    def fit_rows(self) -> dict[str, int]:
-        return {self.names[i]: i for i in np.flatnonzero(self.fit).tolist()}
 
     def inventory(self, i: int) -> NodeInventory:
         """The inventory of candidate ``i``, read only while the ledger is as it was at evaluation time."""
@@ -291,8 +287,7 @@ class _Explainer:
         return self.index[name]
 
     def _checks(self, container: ContainerNeed) -> _Checks:
-        return _Checks(self.view, self.gpu_pool, self.model, self.pod, self.pool, container, self.pod_hash,
-                       self.model_lut)
+        return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_hash, self.model_lut)
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
