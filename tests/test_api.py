@@ -253,3 +253,21 @@ async def test_corrupt_node_annotation_excludes_the_node_with_a_reason(aiohttp_c
     assert "node excluded: node broken: annotation fracgpu.io/gpus: is not JSON" in \
         result["FailedAndUnresolvableNodes"]["broken"]
     assert any("is not JSON" in w for w in ext.warnings)
+
+
+async def test_a_pod_is_parsed_once_per_version(aiohttp_client, monkeypatch):
+    from extender.api import service
+
+    parsed = []
+    real = service.parse_pod
+    monkeypatch.setattr(service, "parse_pod", lambda pod, core: parsed.append(1) or real(pod, core))
+    client, ext, _ = await start(aiohttp_client, NODES)
+    pod = gpu_pod("p", units=10)
+    pod["metadata"]["resourceVersion"] = "41"
+    await post(client, "filter", filter_args(pod, names=["a", "b"]))
+    await post(client, "prioritize", filter_args(pod, names=["a", "b"]))
+    assert len(parsed) == 1  # the same version: parsed by Filter, reused by Prioritize
+    pod["metadata"]["resourceVersion"] = "42"
+    pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = "150"  # edited since
+    result = await post(client, "filter", filter_args(pod, names=["a"]))
+    assert len(parsed) == 2 and "must be a multiple of 100" in result["FailedAndUnresolvableNodes"]["a"]

@@ -57,6 +57,7 @@ class BadRequest(ValueError):
 @dataclass
 class _Seen:
     pod: dict
+    version: str | None
     request: PodRequest | None
     error: str | None
     at: float
@@ -272,9 +273,12 @@ class Extender:
             raise BadRequest("Pod is missing")
         if not isinstance(pod, dict):
             raise BadRequest("Pod must be an object")
-        uid = (pod.get("metadata") or {}).get("uid") if isinstance(pod.get("metadata"), dict) else None
+        metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
+        uid, version = metadata.get("uid"), metadata.get("resourceVersion")
         seen = self._seen.get(uid) if uid else None
-        if seen is not None and seen.pod is pod:
+        # Prioritize gets the pod Filter just parsed, as a new dict: the same UID and resourceVersion mean the
+        # same pod object in the API server, so it is not parsed again.
+        if seen is not None and (seen.pod is pod or (version is not None and version == seen.version)):
             return seen.request, seen.error
         request, error = None, None
         try:
@@ -283,7 +287,7 @@ class Extender:
         except InvalidRequest as exc:
             error = f"fracgpu: {exc}"
         if uid:
-            self._seen[uid] = _Seen(pod, request, error, self.clock())
+            self._seen[uid] = _Seen(pod, version, request, error, self.clock())
             self._seen.move_to_end(uid)
             self._expire()
         return request, error
