@@ -128,6 +128,7 @@ def main() -> None:
     payloads = []
     for i in range(args.pairs):
         pod = gpu_pod(f"probe-{i}", namespace="bench", units=rng.choice([10, 25, 50, 100]), memory_mib=4000)
+        pod["metadata"]["resourceVersion"] = str(1000 + i)  # as kube-scheduler sends pods: with their version
         payloads.append(orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": rng.sample(names, args.candidates)}))
 
     port = free_port()
