@@ -79,11 +79,20 @@ def test_model_restriction():
 
 
 def test_memory_defaults_to_the_proportional_share():
-    # 25 of 100 units on a 16000 MiB GPU with a 400 MiB reserve: ceil(25 * 15600 / 100) = 3900 MiB
+    # 25 of 100 units on a 16000 MiB GPU with a 400 MiB reserve: floor(25 * 15600 / 100) = 3900 MiB
     ledger, _ = build_ledger(CoreSettings(reserve_mib=400), [gpu_node("n", gpus=1, memory_mib=16000)], [])
     request = parse_pod(gpu_pod("p", units=25), ledger.settings)
     placement = place(ledger, request, "n", BINPACK)
     assert gpus_of(placement) == [(0, 25, 3900)]
+
+
+def test_proportional_shares_that_fit_by_units_fit_by_memory():
+    # 16384 MiB: 30 units -> 4915.2 and 10 -> 1638.4 MiB. Rounded up, 50+30+10+10 units would need 16386 MiB.
+    ledger = cluster(gpu_node("n", gpus=1, memory_mib=16384))
+    for name, units in (("a", 50), ("b", 30), ("c", 10), ("d", 10)):
+        bind(ledger, gpu_pod(name, units=units))
+    table = ledger.gpu_table("n")[0]
+    assert (table["unitsUsed"], table["memoryChargedMiB"]) == (100, 8192 + 4915 + 1638 + 1638)
 
 
 def test_binpack_shares_a_gpu_and_spread_does_not():

@@ -81,7 +81,11 @@ def load_pod(ledger: Ledger, pod: Mapping, report: LoadReport | None = None) -> 
             report.warnings.append(str(exc))
         return
     if assignment is None:
-        ledger.release(uid)
+        # A pod we are binding right now may be seen unbound: the watch can deliver its creation after our
+        # reservation. That event is older than the bind; releasing on it would let a second pod take the
+        # same room (seen in the 200-pod end-to-end burst). A failed bind releases its own reservation.
+        if not ledger.is_reserved(uid):
+            ledger.release(uid)
         return
     warning = ledger.adopt(assignment)
     if report is not None:

@@ -37,7 +37,9 @@ ContainerKind = Literal["init", "sidecar", "app"]
 class ContainerNeed:
     """What one container needs: ``count`` distinct GPUs, each with ``units`` and ``memory_mib``.
 
-    ``memory_mib is None`` means "the proportional share": ceil(units * usable memory of the GPU / unitsPerGpu).
+    ``memory_mib is None`` means "the proportional share": floor(units * usable memory of the GPU / unitsPerGpu).
+    Rounded down so that shares whose units fit a GPU also fit its memory (ceil let 50+30+10+10 units of a
+    16,384 MiB GPU add up to 16,386 MiB).
     """
 
     name: str

@@ -77,7 +77,7 @@ class ReferenceCluster:
     def need_memory(self, container: ContainerNeed, gpu: RefGpu) -> int:
         if container.memory_mib is not None:
             return container.memory_mib
-        return -(-container.units * self.usable(gpu) // self.settings.units_per_gpu)
+        return container.units * self.usable(gpu) // self.settings.units_per_gpu
 
     def fits(self, pod: PodRequest, node_name: str) -> bool:
         """Brute force over every GPU combination of every container, phase by phase.

@@ -91,11 +91,11 @@ class Need:
         return self.container.count
 
     def memory(self, view: View) -> np.ndarray:
-        """MiB this container needs on each GPU: as asked, or ceil(units * usable / unitsPerGpu)."""
+        """MiB this container needs on each GPU: as asked, or floor(units * usable / unitsPerGpu)."""
         if self.container.memory_mib is not None:
             return np.full(view.free_units.shape, self.container.memory_mib, dtype=np.int64)
         units = self.container.units
-        return -((-units * view.mem_usable) // view.units_per_gpu)
+        return (units * view.mem_usable) // view.units_per_gpu
 
 
 class Policy(ABC):
