@@ -8,6 +8,7 @@ import pytest
 
 from extender.core.assignment import from_annotation
 from extender.core.settings import ASSIGNMENT_ANNOTATION
+from extender.api.static import StaticCluster
 from tests.api_helpers import SlowCluster, bind_args, filter_args, gpu_node, gpu_pod, post, start
 
 NODES = [gpu_node("a", gpus=2, memory_mib=16000), gpu_node("b", gpus=1, memory_mib=16000),
@@ -271,3 +272,67 @@ async def test_a_pod_is_parsed_once_per_version(aiohttp_client, monkeypatch):
     pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = "150"  # edited since
     result = await post(client, "filter", filter_args(pod, names=["a"]))
     assert len(parsed) == 2 and "must be a multiple of 100" in result["FailedAndUnresolvableNodes"]["a"]
+
+
+async def test_filter_catches_up_before_saying_a_pod_fits_nowhere(aiohttp_client):
+    # The deletion that frees the GPU is "in flight": the source delivers it only when asked to catch up,
+    # as a watch event the API server already sent would arrive. Filter must see it before rejecting.
+    holder = gpu_pod("holder", units=80)
+
+    class LaggingCluster(StaticCluster):
+        calls = 0
+
+        async def catch_up(self):
+            LaggingCluster.calls += 1
+            if self.sink is not None and LaggingCluster.calls == 1:
+                self.sink.on_pod_deleted(holder)
+            return True
+
+        async def run(self, sink):
+            self.sink = sink
+            await super().run(sink)
+
+    LaggingCluster.sink = None
+    filler = gpu_pod("filler", units=60)
+    client, extender, _ = await start(aiohttp_client, [gpu_node("a", gpus=1)], [holder, filler],
+                                      source_cls=LaggingCluster)
+    await post(client, "filter", filter_args(holder, names=["a"]))
+    assert (await post(client, "bind", bind_args(holder, "a")))["Error"] == ""
+    waiter = gpu_pod("waiter", units=50)
+    body = await post(client, "filter", filter_args(waiter, names=["a"]))
+    assert body["NodeNames"] == ["a"] and LaggingCluster.calls == 1
+    # A pod that fits is answered without a call to the API server; one asking what no node has, too.
+    await post(client, "filter", filter_args(gpu_pod("small", units=10), names=["a"]))
+    body = await post(client, "filter", filter_args(gpu_pod("pair", units=100, gpu_count=2), names=["a"]))
+    assert body["NodeNames"] == [] and "a" in body["FailedAndUnresolvableNodes"] and LaggingCluster.calls == 1
+    # Really full: one catch-up, nothing new arrives, the rejection stands.
+    await post(client, "filter", filter_args(filler, names=["a"]))
+    assert (await post(client, "bind", bind_args(filler, "a")))["Error"] == ""
+    body = await post(client, "filter", filter_args(gpu_pod("late", units=50), names=["a"]))
+    assert body["NodeNames"] == [] and "units" in body["FailedNodes"]["a"] and LaggingCluster.calls == 2
+
+
+async def test_a_stale_unbound_event_does_not_release_a_bind_in_flight(aiohttp_client):
+    # The watch may deliver a pod's creation (unbound) while our bind of it is still in flight.
+    gate = asyncio.Event()
+
+    class GatedCluster(StaticCluster):
+        async def bind(self, **kwargs):
+            await gate.wait()
+            await super().bind(**kwargs)
+
+    first, second = gpu_pod("first", units=70), gpu_pod("second", units=70)
+    client, extender, _ = await start(aiohttp_client, [gpu_node("a", gpus=1)], [first, second],
+                                      source_cls=GatedCluster)
+    await post(client, "filter", filter_args(first, names=["a"]))
+    binding = asyncio.create_task(post(client, "bind", bind_args(first, "a")))
+    for _ in range(100):
+        if extender.ledger.is_reserved(first["metadata"]["uid"]):
+            break
+        await asyncio.sleep(0.01)
+    extender.on_pod(first)  # the stale creation event
+    body = await post(client, "filter", filter_args(second, names=["a"]))
+    assert body["NodeNames"] == [] and "units" in body["FailedNodes"]["a"]
+    gate.set()
+    assert (await binding)["Error"] == ""
+    assert extender.inspect()["nodes"]["a"][0]["unitsUsed"] == 70

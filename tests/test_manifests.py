@@ -73,7 +73,7 @@ def test_scheduler_configs_match_the_extender(path):
     assert isinstance(extender["weight"], int) and extender["weight"] > 0 and extender["httpTimeout"].endswith("s")
     defaults = ExtenderSettings()
     assert {r["name"]: r["ignoredByScheduler"] for r in extender["managedResources"]} == {
-        defaults.vgpu_resource: True, defaults.memory_resource: True}
+        defaults.vgpu_resource: False, defaults.memory_resource: False}  # node totals: see scheduler-config/README
     routes = {r.resource.canonical for r in create_app(load_settings(env={}), source=StaticCluster([], [])).router.routes()
               if r.method == "POST"}
     for verb in ("filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb"):

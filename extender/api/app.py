@@ -127,7 +127,7 @@ async def _decode(request: web.Request, model: type[WireModel]) -> WireModel:
 
 async def _filter(request: web.Request) -> web.Response:
     args = await _decode(request, ExtenderArgs)
-    result: ExtenderFilterResult = request.app[EXTENDER].filter(args)
+    result: ExtenderFilterResult = await request.app[EXTENDER].filter_fresh(args)
     return _json(result.dumps())
 
 

@@ -133,6 +133,17 @@ class Extender:
         self.metrics.decisions.labels("filter", "misfit").inc(len(evaluation.failed) + len(evaluation.unresolvable))
         return self._filter_result(evaluation.fits, node_objects, evaluation.failed, evaluation.unresolvable)
 
+    async def filter_fresh(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        """Filter; but before answering that the pod fits nowhere for lack of room, catch up with the API
+        server and look again (see :meth:`ClusterSource.catch_up`). Costs one API call, on that path only."""
+        result = self.filter(args)
+        if result.failed_nodes and not (result.node_names or (result.nodes or {}).get("items")):
+            generation = self.ledger.generation
+            if await self.source.catch_up() and self.ledger.generation != generation:
+                self.metrics.decisions.labels("filter", "caught-up").inc()
+                result = self.filter(args)
+        return result
+
     def prioritize(self, args: ExtenderArgs) -> list[tuple[str, int]]:
         """(host, score 0..10) for every candidate, in order; 0 for nodes that do not fit."""
         names, _ = self._candidates(args)
@@ -207,12 +218,14 @@ class Extender:
         proposed = self._proposed_victims(args)
         policy = self._policy(request)
         answer: dict[str, MetaVictims] = {}
+        notes = []
         for node, (uids, violations) in sorted(proposed.items()):
             on_gpus = [u for u in uids if (a := self.ledger.assignment(u)) is not None and a.node == node]
             others = [u for u in uids if u not in on_gpus]
             with self.ledger.without(on_gpus):
                 if not self._fits(request, node, policy):
                     self.metrics.decisions.labels("preempt", "node-dropped").inc()
+                    notes.append(f"{node} dropped (no room even with its {len(uids)} proposed victims gone)")
                     continue
             needed = list(on_gpus)
             for uid in sorted(on_gpus, key=lambda u: (-self._priority(u), u)):
@@ -223,6 +236,9 @@ class Extender:
             keep = [u for u in uids if u in others or u in needed] or list(uids)
             answer[node] = MetaVictims(pods=[MetaPod(uid=u) for u in keep], num_pdb_violations=violations)
             self.metrics.decisions.labels("preempt", "node-kept").inc()
+            notes.append(f"{node} victims [{', '.join(self._pod_name(u) for u in keep)}]"
+                         f" of {len(uids)} proposed")
+        log.info("preempt for %s/%s: %s", request.namespace, request.name, "; ".join(notes) or "no nodes")
         return ExtenderPreemptionResult(node_name_to_meta_victims=answer)
 
     def inspect(self, node: str | None = None) -> dict:
@@ -238,6 +254,10 @@ class Extender:
         }
 
     # ------------------------------------------------------------------ helpers
+    def _pod_name(self, uid: str) -> str:
+        assignment = self.ledger.assignment(uid)
+        return assignment.key if assignment is not None else f"uid:{uid}"
+
     def _candidates(self, args: ExtenderArgs) -> tuple[list[str], list[dict] | None]:
         if args.node_names is not None:
             return list(args.node_names), None

@@ -33,5 +33,14 @@ class ClusterSource(Protocol):
 
     async def get_pod(self, namespace: str, name: str) -> dict | None: ...
 
+    async def catch_up(self) -> bool:
+        """Let changes the API server has already sent reach the sink; True if there may have been some.
+
+        Filter calls it before it answers that a pod fits nowhere: kube-scheduler retries such a pod on the
+        very cluster event (say, a deleted pod) that frees room, and its informer may hear of that event a few
+        milliseconds before our watch does. Rejecting on the older state would park the pod until some later
+        event, which in a quiet cluster is minutes away.
+        """
+
     async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         """Bind the pod (guarded by its UID) with these annotations, atomically. Raises :class:`BindError`."""

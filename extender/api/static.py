@@ -78,6 +78,9 @@ class StaticCluster:
         if pod is not None and self._sink is not None:
             self._sink.on_pod_deleted(pod)
 
+    async def catch_up(self) -> bool:
+        return False  # the in-memory ledger is the whole truth here
+
     async def get_pod(self, namespace: str, name: str) -> dict | None:
         pod = self.pods.get((namespace, name))
         return copy.deepcopy(pod) if pod is not None else None

@@ -141,6 +141,16 @@ class LiveCluster:
             self._open.discard(response)
             reader.cancel()
 
+    async def catch_up(self) -> bool:
+        """One consistent read of the pod list (a single item): when it returns, the API server has sent our
+        watch every pod event it committed before the read, so draining the loop delivers them.
+        """
+        response = await asyncio.to_thread(self.api.list_pod_for_all_namespaces, limit=1, _preload_content=False)
+        response.release_conn()
+        for _ in range(3):  # the pump thread's call_soon_threadsafe, the queue, the informer's upsert
+            await asyncio.sleep(0)
+        return True
+
     # ------------------------------------------------------------------ reads and binds
     async def get_pod(self, namespace: str, name: str) -> dict | None:
         try:
