@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import signal
@@ -236,6 +237,26 @@ class ControlPlane:
             for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
                 if doc:
                     utils.create_from_dict(api, doc)
+
+    # ---------------------------------------------------------------- nodes, as an agent would publish them
+    def add_gpu_node(self, name: str, *, gpus: int, memory_mib: int, labels: dict | None = None,
+                     cpu: str = "64", **inventory) -> None:
+        """A Node object with the agent's inventory annotation and node-status totals; no kubelet behind it."""
+        from extender.testing.factories import gpu_node
+
+        body = gpu_node(name, gpus=gpus, memory_mib=memory_mib, **inventory)
+        body["metadata"]["labels"].update({"kubernetes.io/hostname": name, **(labels or {})})
+        self.core.create_node(body)
+        capacity = {"cpu": cpu, "memory": "512Gi", "pods": "250", "fracgpu.io/vgpu": str(gpus * 100),
+                    "fracgpu.io/vgpu-memory": str(gpus * memory_mib)}
+        self.core.patch_node_status(name, {"status": {"capacity": capacity, "allocatable": capacity}})
+        # No node lifecycle controller runs here: lift the not-ready taint the API server puts on new nodes.
+        self.core.patch_node(name, {"spec": {"taints": None}})
+
+    def extender_inspect(self) -> dict:
+        url = f"http://127.0.0.1:{self.extender_port}/inspect"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
 
     # ---------------------------------------------------------------- scheduler and extender
     def scheduler_config(self) -> dict:

@@ -10,6 +10,7 @@ import time
 
 import orjson
 import pytest
+from aiohttp import web
 from kubernetes.client.rest import ApiException
 
 from extender.api.service import Extender
@@ -18,6 +19,7 @@ from extender.api.source import BindError
 from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.kube.live import LiveCluster
+from extender.kube.rest import RestClient
 from extender.testing.factories import gpu_node, gpu_pod
 
 
@@ -46,7 +48,6 @@ class FakeApi:
         self.lists = {k: list(v) for k, v in lists.items()}
         self.watches = {k: list(v) for k, v in watches.items()}
         self.calls = []
-        self.bindings = []
 
     def _answer(self, kind, watch=False, **kwargs):
         self.calls.append((kind, watch, kwargs.get("resource_version")))
@@ -61,13 +62,6 @@ class FakeApi:
 
     def list_pod_for_all_namespaces(self, **kwargs):
         return self._answer("pods", **kwargs)
-
-    def create_namespaced_binding(self, namespace, body, _preload_content=True):
-        self.bindings.append((namespace, body))
-        if body.metadata.name == "taken":
-            raise ApiException(status=409, reason="Conflict")
-        return Response(status=201)
-
 
 def listing(items, version):
     return Response({"metadata": {"resourceVersion": version}, "items": items})
@@ -103,7 +97,7 @@ async def test_list_watch_relist_on_410_sees_deletions_during_the_gap():
                                           {"type": "ERROR", "object": {"kind": "Status", "code": 410}}]),
                           Response(lines=[], hold=0.05)]},
     )
-    extender = Extender(load_settings(env={}), LiveCluster(api, backoff=(0.01, 0.02)))
+    extender = Extender(load_settings(env={}), LiveCluster(api, RestClient('http://127.0.0.1:1'), backoff=(0.01, 0.02)))
     task = asyncio.create_task(extender.source.run(extender))
     try:
         await wait_for(lambda: extender.synced and api.calls.count(("pods", False, None)) >= 2
@@ -130,7 +124,7 @@ async def test_errors_back_off_and_relist():
                "pods": [listing([], "1")]},
         watches={"nodes": [Response(lines=[], hold=0.05)], "pods": [Response(lines=[], hold=0.05)]},
     )
-    extender = Extender(load_settings(env={}), LiveCluster(api, backoff=(0.5, 30.0), sleep=sleep))
+    extender = Extender(load_settings(env={}), LiveCluster(api, RestClient('http://127.0.0.1:1'), backoff=(0.5, 30.0), sleep=sleep))
     task = asyncio.create_task(extender.source.run(extender))
     try:
         await wait_for(lambda: extender.synced)
@@ -141,13 +135,30 @@ async def test_errors_back_off_and_relist():
             await task
 
 
-async def test_bind_posts_a_uid_guarded_binding_with_the_annotation():
+async def test_bind_posts_a_uid_guarded_binding_with_the_annotation(aiohttp_server):
+    posted = []
+
+    async def binding(request):
+        posted.append((request.match_info["ns"], request.match_info["pod"], request.headers.get("Authorization"),
+                       await request.json()))
+        if request.match_info["pod"] == "taken":
+            return web.json_response({"kind": "Status", "reason": "Conflict",
+                                      "message": "pod taken is already assigned to node n0"}, status=409)
+        return web.json_response({"kind": "Status", "status": "Success"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/namespaces/{ns}/pods/{pod}/binding", binding)
+    server = await aiohttp_server(app)
     api = FakeApi(lists={"nodes": [listing([], "1")], "pods": [listing([], "1")]}, watches={})
-    live = LiveCluster(api)
+    live = LiveCluster(api, RestClient(str(server.make_url("")), authorization=lambda: "Bearer t0ken"))
     await live.bind(namespace="ns", name="p", uid="u-1", node="n1", annotations={ASSIGNMENT_ANNOTATION: "{}"})
-    namespace, body = api.bindings[0]
-    assert namespace == "ns" and body.metadata.uid == "u-1" and body.target.name == "n1"
-    assert body.target.kind == "Node" and body.metadata.annotations == {ASSIGNMENT_ANNOTATION: "{}"}
+    namespace, pod, auth, body = posted[0]
+    assert (namespace, pod, auth) == ("ns", "p", "Bearer t0ken")
+    assert body == {"apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1",
+                                 "annotations": {ASSIGNMENT_ANNOTATION: "{}"}},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}
     with pytest.raises(BindError) as error:
         await live.bind(namespace="ns", name="taken", uid="u-2", node="n1", annotations={})
-    assert error.value.conflict and "409 Conflict" in str(error.value)
+    assert error.value.conflict and str(error.value) == "409 Conflict: pod taken is already assigned to node n0"
+    await live.close()

@@ -71,6 +71,7 @@ async def _feed(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
+    await extender.source.close()
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:

@@ -33,6 +33,9 @@ class ClusterSource(Protocol):
 
     async def get_pod(self, namespace: str, name: str) -> dict | None: ...
 
+    async def close(self) -> None:
+        """Release connections and threads; called once when the server stops."""
+
     async def catch_up(self) -> bool:
         """Let changes the API server has already sent reach the sink; True if there may have been some.
 

@@ -78,6 +78,9 @@ class StaticCluster:
         if pod is not None and self._sink is not None:
             self._sink.on_pod_deleted(pod)
 
+    async def close(self) -> None:
+        pass
+
     async def catch_up(self) -> bool:
         return False  # the in-memory ledger is the whole truth here
 

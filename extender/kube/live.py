@@ -1,4 +1,4 @@
-"""Live mode: list, then watch, Nodes and Pods from the API server; bind with Binding objects.
+"""Live mode: list, then watch, Nodes and Pods from the API server; bind with Binding objects (``rest.py``).
 
 kopf's discipline: list, then watch from the list's ``resourceVersion``; on ``410 Gone`` relist at once; on
 any other error back off (doubling, capped) and relist. A relist also reports what was deleted while we were
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,9 +23,11 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from ..api.source import BindError, ClusterSink
+from .rest import RestClient, status_message
 
 log = logging.getLogger("fracgpu.live")
 WATCH_SECONDS = 300
+API_THREADS = 32
 
 
 class Gone(Exception):
@@ -29,21 +35,30 @@ class Gone(Exception):
 
 
 class LiveCluster:
-    def __init__(self, api: Any, *, backoff: tuple[float, float] = (0.5, 30.0), watch_seconds: int = WATCH_SECONDS,
+    def __init__(self, api: Any, rest: RestClient, *, backoff: tuple[float, float] = (0.5, 30.0), watch_seconds: int = WATCH_SECONDS,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self.api = api
+        self.rest = rest  # binds: the hot path, over aiohttp
         self.backoff = backoff
         self.watch_seconds = watch_seconds
         self.sleep = sleep
         self._open: set[Any] = set()
+        # Blocking client calls run here, not in asyncio's small default pool: the two watch pumps hold a
+        # thread each for good, and kube-scheduler binds many pods at once (its binding cycles run in parallel).
+        self._threads = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="fracgpu-api")
 
     @classmethod
     def connect(cls, kubeconfig: Path | None) -> "LiveCluster":
+        configuration = client.Configuration()
         if kubeconfig is not None:
-            config.load_kube_config(config_file=str(kubeconfig))
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         else:
-            config.load_incluster_config()
-        return cls(client.CoreV1Api())
+            config.load_incluster_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = API_THREADS  # one kept-alive connection per thread
+        return cls(client.CoreV1Api(client.ApiClient(configuration)), RestClient.from_configuration(configuration))
+
+    async def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, partial(fn, *args, **kwargs))
 
     # ------------------------------------------------------------------ feed
     async def run(self, sink: ClusterSink) -> None:
@@ -63,7 +78,7 @@ class LiveCluster:
                                  announce())
         finally:
             for response in list(self._open):
-                response.close()
+                _abort(response)
 
     async def _informer(self, kind: "_Kind", listed: asyncio.Event) -> None:
         delay = self.backoff[0]
@@ -84,7 +99,7 @@ class LiveCluster:
                 delay = min(delay * 2, self.backoff[1])
 
     async def _list(self, kind: "_Kind") -> str:
-        response = await asyncio.to_thread(kind.list_fn, _preload_content=False)
+        response = await self._call(kind.list_fn, _preload_content=False)
         data = orjson.loads(response.data)
         seen = {}
         for item in data.get("items") or []:
@@ -99,20 +114,30 @@ class LiveCluster:
         """Follow one watch request to its end; return the resourceVersion to continue from."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        response = await asyncio.to_thread(
+        response = await self._call(
             kind.list_fn, watch=True, resource_version=version, allow_watch_bookmarks=True,
             timeout_seconds=self.watch_seconds, _preload_content=False)
         self._open.add(response)
 
         def pump() -> None:
-            try:
-                for line in _lines(response):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("event", line))
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except Exception as exc:  # noqa: BLE001 - handed to the loop, which decides
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+            def hand(item: tuple) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        reader = asyncio.create_task(asyncio.to_thread(pump))
+            try:
+                try:
+                    for line in _lines(response):
+                        hand(("event", line))
+                    hand(("end", None))
+                except Exception as exc:  # noqa: BLE001 - handed to the loop, which decides
+                    hand(("error", exc))
+            except RuntimeError:  # the loop has closed: we are shutting down
+                pass
+            finally:
+                response.close()
+
+        # A daemon thread, not a pool's: it may sit in a blocking read for the whole watch (minutes), and a
+        # pool thread would hold the process at exit. Found by sending SIGTERM: it did not exit in 40 s.
+        threading.Thread(target=pump, name=f"fracgpu-watch-{kind.name}", daemon=True).start()
         try:
             while True:
                 what, payload = await queue.get()
@@ -137,15 +162,14 @@ class LiveCluster:
                     kind.known[key] = obj
                     kind.upsert(obj)
         finally:
-            response.close()
+            _abort(response)
             self._open.discard(response)
-            reader.cancel()
 
     async def catch_up(self) -> bool:
         """One consistent read of the pod list (a single item): when it returns, the API server has sent our
         watch every pod event it committed before the read, so draining the loop delivers them.
         """
-        response = await asyncio.to_thread(self.api.list_pod_for_all_namespaces, limit=1, _preload_content=False)
+        response = await self._call(self.api.list_pod_for_all_namespaces, limit=1, _preload_content=False)
         response.release_conn()
         for _ in range(3):  # the pump thread's call_soon_threadsafe, the queue, the informer's upsert
             await asyncio.sleep(0)
@@ -154,7 +178,7 @@ class LiveCluster:
     # ------------------------------------------------------------------ reads and binds
     async def get_pod(self, namespace: str, name: str) -> dict | None:
         try:
-            response = await asyncio.to_thread(self.api.read_namespaced_pod, name, namespace, _preload_content=False)
+            response = await self._call(self.api.read_namespaced_pod, name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -162,22 +186,19 @@ class LiveCluster:
         return orjson.loads(response.data)
 
     async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
-        """POST a Binding: spec.nodeName and the annotations land together, guarded by the pod's UID.
+        """POST a Binding: spec.nodeName and the annotations land together, guarded by the pod's UID."""
+        body = {
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": annotations},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        status, reply = await self.rest.post(f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body)
+        if status not in (200, 201):
+            raise BindError(status_message(status, reply), conflict=status in (404, 409))
 
-        The official client cannot decode the server's reply to this call, hence ``_preload_content=False``.
-        """
-        body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid, annotations=annotations),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
-        try:
-            response = await asyncio.to_thread(self.api.create_namespaced_binding, namespace, body,
-                                               _preload_content=False)
-        except ApiException as exc:
-            message = _status_message(exc)
-            raise BindError(f"{exc.status} {exc.reason}: {message}", conflict=exc.status in (404, 409)) from None
-        if response.status not in (200, 201):
-            raise BindError(f"unexpected status {response.status} from the API server")
+    async def close(self) -> None:
+        await self.rest.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 class _Kind:
@@ -185,6 +206,20 @@ class _Kind:
                  delete: Callable[[str, dict], None]) -> None:
         self.name, self.list_fn, self.key, self.upsert, self.delete = name, list_fn, key, upsert, delete
         self.known: dict[str, dict] = {}
+
+
+def _abort(response: Any) -> None:
+    """End a watch that a pump thread may be blocked reading. Closing the response from here would wait on
+    that read (seen: SIGTERM did not stop the extender); shutting the socket down wakes the read instead, and
+    the pump closes the response itself."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        response.close()
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -198,10 +233,3 @@ def _lines(response: Any) -> Iterator[bytes]:
                 yield line
     if pending.strip():
         yield pending
-
-
-def _status_message(exc: ApiException) -> str:
-    try:
-        return orjson.loads(exc.body).get("message") or str(exc.body)
-    except Exception:  # noqa: BLE001 - a body that is not a Status
-        return str(exc.body)

@@ -9,7 +9,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from e2e.build_control_plane import BuildError, build
 from e2e.controlplane import ControlPlane, ControlPlaneError
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
-from extender.testing.factories import gpu_node, gpu_pod
+from extender.testing.factories import gpu_pod
 
 SCHEDULER = "fracgpu-scheduler"
 PRIORITIES = {"low": 100, "mid": 500, "high": 1000, "pinned": 2000}
@@ -108,14 +107,7 @@ class Cluster:
     def node(self, name: str, *, gpus: int = 2, memory_mib: int = 16_384, model: str = "NVIDIA H100 80GB HBM3",
              pool: str | None = None, cpu: str = "64", **kwargs) -> str:
         name = f"{self.tag}-{name}"
-        body = gpu_node(name, gpus=gpus, memory_mib=memory_mib, model=model, pool=pool, **kwargs)
-        body["metadata"]["labels"]["kubernetes.io/hostname"] = name
-        self.core.create_node(body)
-        capacity = {"cpu": cpu, "memory": "512Gi", "pods": "110", "fracgpu.io/vgpu": str(gpus * 100),
-                    "fracgpu.io/vgpu-memory": str(gpus * memory_mib)}
-        self.core.patch_node_status(name, {"status": {"capacity": capacity, "allocatable": capacity}})
-        # No node lifecycle controller runs here: lift the not-ready taint the API server puts on new nodes.
-        self.core.patch_node(name, {"spec": {"taints": None}})
+        self.cp.add_gpu_node(name, gpus=gpus, memory_mib=memory_mib, model=model, pool=pool, cpu=cpu, **kwargs)
         self.nodes.append(name)
         self.wait(lambda: name in self.inspect()["nodes"], f"the extender to see node {name}")
         return name
@@ -183,9 +175,7 @@ class Cluster:
         return out
 
     def inspect(self) -> dict:
-        url = f"http://127.0.0.1:{self.cp.extender_port}/inspect"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
+        return self.cp.extender_inspect()
 
     def assert_no_overcommit(self) -> dict:
         """From the annotations alone: no GPU holds more than 100 units or more than its memory."""

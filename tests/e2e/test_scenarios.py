@@ -209,3 +209,18 @@ def test_scheduler_identity_has_what_it_needs_and_no_more(control_plane):
 
     assert allowed("create", "pods", "binding") and allowed("watch", "pods") and allowed("list", "nodes")
     assert not allowed("update", "nodes") and not allowed("delete", "secrets") and not allowed("get", "secrets")
+
+
+def test_extender_stops_cleanly_on_sigterm_and_comes_back(k8s, control_plane):
+    # Kubernetes stops a container with SIGTERM; the watch threads once kept the process alive for minutes.
+    node = k8s.node("a", gpus=1)
+    k8s.pod("before", units=40)
+    k8s.bound("before")
+    proc = control_plane.processes["extender"]
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(timeout=10) == 0
+    control_plane.processes.pop("extender")
+    control_plane.start_extender("--policy", "binpack")
+    assert k8s.inspect()["nodes"][node][0]["unitsUsed"] == 40  # rebuilt from the annotation
+    k8s.pod("after", units=40)
+    assert gpus_of(k8s.bound("after")[1]) == [0]
