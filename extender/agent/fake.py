@@ -1,0 +1,146 @@
+"""A fake NVML: answers the ``pynvml`` calls the agent makes from a JSON description of a machine.
+
+Constants and error classes are pynvml's own (the package imports without a driver), so the agent's error
+handling is exercised against the real exception hierarchy. A fixture (``fixtures/*.json``)::
+
+    {"driver": "550.54.15",
+     "gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...", "memoryMiB": 81559, "usedMiB": 0,
+               "busId": "00000000:18:00.0", "numa": 0, "socket": 0, "hostBridge": 0, "switch": 0,
+               "mig": false, "eccUncorrected": 0, "retiredPagesPending": false,
+               "nvlinks": [{"to": "switch"} or {"to": "00000000:2A:00.0"}, ...],
+               "fail": {"uuid": "NotSupported", ...},      # a call answered with that NVMLError_*
+               "lost": false}]}                           # every call: NVMLError_GpuIsLost
+
+Failable calls, by key: ``handle``, ``uuid``, ``name``, ``memory``, ``mig``, ``numa``, ``ecc``, ``retired``,
+``pci``, ``nvlink``, ``topology``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+FIXTURES = Path(__file__).with_name("fixtures")
+MIB = 1024 * 1024
+
+
+class FakeNvml:
+    def __init__(self, machine: dict) -> None:
+        self.machine = machine
+        self.gpus = machine.get("gpus", [])
+        self.initialised = False
+        for name in dir(pynvml):  # constants and NVMLError classes, as the real module has them
+            if name.startswith(("NVML_", "NVMLError")):
+                setattr(self, name, getattr(pynvml, name))
+
+    @classmethod
+    def fixture(cls, name: str) -> "FakeNvml":
+        return cls(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+    # ------------------------------------------------------------------ library
+    def nvmlInit(self) -> None:
+        if self.machine.get("noDriver"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self.initialised = False
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._ready()
+        return self.machine.get("driver", "0")
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._ready()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        self._ready()
+        if not 0 <= index < len(self.gpus):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._fail(index, "handle")
+        return index
+
+    # ------------------------------------------------------------------ per device
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return self._gpu(h, "uuid")["uuid"]
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return self._gpu(h, "name")["name"]
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        gpu = self._gpu(h, "memory")
+        total, used = gpu["memoryMiB"] * MIB, gpu.get("usedMiB", 0) * MIB
+        return SimpleNamespace(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetMigMode(self, h: int) -> list[int]:
+        mode = int(bool(self._gpu(h, "mig").get("mig", False)))
+        return [mode, mode]
+
+    def nvmlDeviceGetNumaNodeId(self, h: int) -> int:
+        gpu = self._gpu(h, "numa")
+        if "numa" not in gpu:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu["numa"]
+
+    def nvmlDeviceGetTotalEccErrors(self, h: int, error_type: int, counter_type: int) -> int:
+        return self._gpu(h, "ecc").get("eccUncorrected", 0)
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: int) -> int:
+        return int(bool(self._gpu(h, "retired").get("retiredPagesPending", False)))
+
+    def nvmlDeviceGetPciInfo(self, h: int) -> Any:
+        return SimpleNamespace(busId=self._gpu(h, "pci")["busId"])
+
+    def nvmlDeviceGetNvLinkState(self, h: int, link: int) -> int:
+        links = self._gpu(h, "nvlink").get("nvlinks", [])
+        if link >= len(links):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED if not links else pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return pynvml.NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: int, link: int) -> Any:
+        to = self._gpu(h, "nvlink")["nvlinks"][link]["to"]
+        return SimpleNamespace(busId="00000000:ff:00.0" if to == "switch" else to)
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: int, link: int) -> int:
+        to = self._gpu(h, "nvlink")["nvlinks"][link]["to"]
+        return pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH if to == "switch" else pynvml.NVML_NVLINK_DEVICE_TYPE_GPU
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1: int, h2: int) -> int:
+        a, b = self._gpu(h1, "topology"), self._gpu(h2, "topology")
+        if a.get("socket", 0) != b.get("socket", 0):
+            return pynvml.NVML_TOPOLOGY_SYSTEM
+        if a.get("hostBridge") != b.get("hostBridge"):
+            return pynvml.NVML_TOPOLOGY_NODE
+        if a.get("switch") != b.get("switch"):
+            return pynvml.NVML_TOPOLOGY_HOSTBRIDGE
+        return pynvml.NVML_TOPOLOGY_SINGLE
+
+    # ------------------------------------------------------------------ helpers
+    def _ready(self) -> None:
+        if not self.initialised:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _gpu(self, h: int, call: str) -> dict:
+        self._ready()
+        self._fail(h, call)
+        return self.gpus[h]
+
+    def _fail(self, index: int, call: str) -> None:
+        gpu = self.gpus[index]
+        if gpu.get("lost"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        error = gpu.get("fail", {}).get(call)
+        if error:
+            code = getattr(pynvml, f"NVML_ERROR_{_upper_snake(error)}")
+            raise pynvml.NVMLError(code)
+
+
+def _upper_snake(name: str) -> str:
+    """'NotSupported' -> 'NOT_SUPPORTED', 'GpuIsLost' -> 'GPU_IS_LOST'."""
+    out = "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name))
+    return out.upper()
