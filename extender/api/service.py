@@ -139,7 +139,12 @@ class Extender:
         result = self.filter(args)
         if result.failed_nodes and not (result.node_names or (result.nodes or {}).get("items")):
             generation = self.ledger.generation
-            if await self.source.catch_up() and self.ledger.generation != generation:
+            try:
+                caught_up = await self.source.catch_up()
+            except Exception as exc:  # the API server away: answer from what we have
+                log.warning("catching up before a rejection failed: %s", exc)
+                caught_up = False
+            if caught_up and self.ledger.generation != generation:
                 self.metrics.decisions.labels("filter", "caught-up").inc()
                 result = self.filter(args)
         return result
