@@ -7,7 +7,7 @@ handling is exercised against the real exception hierarchy. A fixture (``fixture
      "gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...", "memoryMiB": 81559, "usedMiB": 0,
                "busId": "00000000:18:00.0", "numa": 0, "socket": 0, "hostBridge": 0, "switch": 0,
                "mig": false, "eccUncorrected": 0, "retiredPagesPending": false,
-               "nvlinks": [{"to": "switch"} or {"to": "00000000:2A:00.0"}, ...],
+               "nvlinks": [{"to": "switch" or "00000000:2A:00.0", "links": 18}, ...],
                "fail": {"uuid": "NotSupported", ...},      # a call answered with that NVMLError_*
                "lost": false}]}                           # every call: NVMLError_GpuIsLost
 
@@ -43,8 +43,6 @@ class FakeNvml:
 
     # ------------------------------------------------------------------ library
     def nvmlInit(self) -> None:
-        if self.machine.get("noDriver"):
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
         self.initialised = True
 
     def nvmlShutdown(self) -> None:
@@ -97,17 +95,17 @@ class FakeNvml:
         return SimpleNamespace(busId=self._gpu(h, "pci")["busId"])
 
     def nvmlDeviceGetNvLinkState(self, h: int, link: int) -> int:
-        links = self._gpu(h, "nvlink").get("nvlinks", [])
+        links = self._links(h)
         if link >= len(links):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED if not links else pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return pynvml.NVML_FEATURE_ENABLED
 
     def nvmlDeviceGetNvLinkRemotePciInfo(self, h: int, link: int) -> Any:
-        to = self._gpu(h, "nvlink")["nvlinks"][link]["to"]
+        to = self._links(h)[link]
         return SimpleNamespace(busId="00000000:ff:00.0" if to == "switch" else to)
 
     def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: int, link: int) -> int:
-        to = self._gpu(h, "nvlink")["nvlinks"][link]["to"]
+        to = self._links(h)[link]
         return pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH if to == "switch" else pynvml.NVML_NVLINK_DEVICE_TYPE_GPU
 
     def nvmlDeviceGetTopologyCommonAncestor(self, h1: int, h2: int) -> int:
@@ -129,6 +127,11 @@ class FakeNvml:
         self._ready()
         self._fail(h, call)
         return self.gpus[h]
+
+    def _links(self, h: int) -> list[str]:
+        """One remote per NVLink, in link order."""
+        return [group["to"] for group in self._gpu(h, "nvlink").get("nvlinks", [])
+                for _ in range(group.get("links", 1))]
 
     def _fail(self, index: int, call: str) -> None:
         gpu = self.gpus[index]

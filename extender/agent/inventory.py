@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import networkx as nx
 
-from ..core.inventory import inventory_annotation, link_weight
+from ..core.inventory import inventory_annotation
+from ..core.topology import link_graph
 
 MIB = 1024 * 1024
 
@@ -60,11 +61,7 @@ def read_inventory(nvml: Any) -> Report:
         pci = ask(f"GPU {index} PCI info", lambda: nvml.nvmlDeviceGetPciInfo(handle)) if handle else None
         bus_ids.append(_bus(pci.busId) if pci is not None else None)
     links = _links(nvml, handles, bus_ids, ask) if len(handles) > 1 else None
-    graph = nx.Graph()
-    graph.add_nodes_from(range(len(gpus)))
-    if links is not None:
-        for i, j in combinations(range(len(gpus)), 2):
-            graph.add_edge(i, j, code=links[i][j], weight=link_weight(links[i][j]))
+    graph = link_graph(tuple(map(tuple, links))) if links is not None else nx.empty_graph(len(gpus))
     return Report(driver=driver, gpus=gpus, links=links, graph=graph, problems=problems)
 
 

@@ -27,7 +27,7 @@ from .rest import RestClient, status_message
 
 log = logging.getLogger("fracgpu.live")
 WATCH_SECONDS = 300
-API_THREADS = 32
+API_THREADS = 8
 
 
 class Gone(Exception):
@@ -43,8 +43,8 @@ class LiveCluster:
         self.watch_seconds = watch_seconds
         self.sleep = sleep
         self._open: set[Any] = set()
-        # Blocking client calls run here, not in asyncio's small default pool: the two watch pumps hold a
-        # thread each for good, and kube-scheduler binds many pods at once (its binding cycles run in parallel).
+        # Blocking client calls (lists, opening watches, reading a pod, the catch-up read) run here; binds go
+        # over aiohttp (rest.py) and the watch pumps have daemon threads of their own.
         self._threads = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="fracgpu-api")
 
     @classmethod

@@ -65,4 +65,4 @@ def status_message(status: int, body: bytes) -> str:
         reason, message = doc.get("reason") or "", doc.get("message") or ""
     except (orjson.JSONDecodeError, AttributeError):
         reason, message = "", body[:200].decode(errors="replace")
-    return f"{status} {reason}: {message}".replace("  ", " ")
+    return " ".join(part for part in (str(status), reason) if part) + f": {message}"
