@@ -36,6 +36,8 @@ DEPLOY = ROOT / "deploy"
 NAMESPACE = "fracgpu-system"
 SERVICE_ACCOUNT = "fracgpu-scheduler"
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+AGENT_USER = f"system:serviceaccount:{NAMESPACE}:fracgpu-agent"
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
 class ControlPlaneError(RuntimeError):
@@ -137,7 +139,8 @@ class ControlPlane:
         serving.cert_chain_pems[0].write_to_path(str(pki / "apiserver.crt"))
         serving.private_key_pem.write_to_path(str(pki / "apiserver.key"))
         for who, cn, org in (("admin", "e2e-admin", "system:masters"),
-                             ("scheduler", SA_USER, "system:serviceaccounts")):
+                             ("scheduler", SA_USER, "system:serviceaccounts"),
+                             ("agent", AGENT_USER, "system:serviceaccounts")):
             cert = ca.issue_cert(f"{who}.e2e.invalid", common_name=cn, organization_name=org)
             cert.cert_chain_pems[0].write_to_path(str(pki / f"{who}.crt"))
             cert.private_key_pem.write_to_path(str(pki / f"{who}.key"))
@@ -150,7 +153,7 @@ class ControlPlane:
         self.pki = pki
 
     def kubeconfig(self, who: str) -> Path:
-        """A kubeconfig file for ``admin`` (system:masters) or ``scheduler`` (the deploy/ ServiceAccount)."""
+        """A kubeconfig file for ``admin`` (system:masters), ``scheduler`` or ``agent`` (deploy/'s ServiceAccounts)."""
         path = self.workdir / f"{who}.kubeconfig"
         if not path.exists():
             doc = {
@@ -229,13 +232,14 @@ class ControlPlane:
         self._wait(proc, lambda: self._get("/readyz"), "ready kube-apiserver (/readyz)", timeout=90)
 
     def _apply_deploy_rbac(self) -> None:
-        """The namespace and RBAC of deploy/, as an operator would apply them."""
+        """The namespace, ServiceAccounts and RBAC of deploy/, as an operator would apply them (the workloads
+        themselves need images and kubelets; the tests run their processes here instead)."""
         from kubernetes import utils
 
         api = self.api_client("admin")
-        for name in ("00-namespace.yaml", "10-rbac.yaml"):
-            for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
-                if doc:
+        for path in sorted(DEPLOY.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc["kind"] in RBAC_KINDS:
                     utils.create_from_dict(api, doc)
 
     # ---------------------------------------------------------------- nodes, as an agent would publish them
@@ -284,6 +288,13 @@ class ControlPlane:
 
         self._wait(proc, ready, "synced extender (/readyz)")
         return proc
+
+    def start_agent(self, node: str, *args: str) -> Process:
+        """``fracgpu-agent run`` for ``node`` as deploy/'s agent ServiceAccount (a fixture machine via --fake)."""
+        exe = Path(sys.executable).with_name("fracgpu-agent")
+        argv = [str(exe) if exe.exists() else shutil.which("fracgpu-agent") or "fracgpu-agent", "run",
+                "--kubeconfig", str(self.kubeconfig("agent")), *args]
+        return self._spawn(f"agent-{node}", argv, env=dict(os.environ, PYTHONUNBUFFERED="1", NODE_NAME=node))
 
     def stop_extender(self, sig: int = signal.SIGKILL) -> None:
         proc = self.processes.pop("extender", None)

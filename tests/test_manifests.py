@@ -89,3 +89,33 @@ def test_extender_role_is_exactly_what_live_mode_calls():
     # live.py: list_node/watch, list_pod_for_all_namespaces/watch, read_namespaced_pod, create_namespaced_binding
     assert granted == {("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("pods", "get"), ("pods", "list"),
                        ("pods", "watch"), ("pods/binding", "create")}
+
+
+def test_agent_daemonset_is_restricted_and_names_its_node_from_the_downward_api():
+    daemonset = next(d for d in all_deploy_documents() if d["kind"] == "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "fracgpu-agent"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (agent,) = spec["containers"]
+    context = agent["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]} and "privileged" not in context
+    assert set(agent["resources"]) == {"requests", "limits"}
+    assert agent["command"] == ["fracgpu-agent", "run"]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    from extender.agent.cli import _parser
+
+    args = _parser().parse_args(agent["command"][1:] + agent["args"])  # the flags it is given exist
+    assert args.interval > 0
+
+
+def test_agent_role_is_exactly_what_the_agent_calls():
+    role = next(d for d in all_deploy_documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "fracgpu-agent")
+    granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+    # publish.KubeNodeApi: read_node, patch_node, patch_node_status
+    assert granted == {("nodes", "get"), ("nodes", "patch"), ("nodes/status", "patch")}
+    binding = next(d for d in all_deploy_documents()
+                   if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "fracgpu-agent")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-system"}]

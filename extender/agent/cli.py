@@ -2,16 +2,23 @@
 
     fracgpu-agent inventory --print                  # the real GPUs (needs the NVIDIA driver), no API server
     fracgpu-agent inventory --print --fake t4x4-two-sockets   # a fixture machine, for demos and tests
+    fracgpu-agent run                                 # publish to $NODE_NAME and keep it current (the DaemonSet)
+    fracgpu-agent run --node-name gpu-1 --kubeconfig ~/.kube/config --fake h100x8-nvswitch --once
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import threading
 
 from ..core.settings import CoreSettings
 from .inventory import read_inventory
+from .publish import KubeNodeApi, Publisher, PublishSettings, describe_api_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +29,23 @@ def _parser() -> argparse.ArgumentParser:
                            help="print the inventory as JSON (the annotation, node totals, what failed)")
     inventory.add_argument("--fake", metavar="FIXTURE", help="answer from extender/agent/fixtures/FIXTURE.json")
     inventory.add_argument("--units-per-gpu", type=int, default=CoreSettings().units_per_gpu)
+
+    defaults = PublishSettings()
+    run = sub.add_parser("run", help="publish the inventory to this node and keep it current")
+    run.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
+                     help="the node to publish to (default: $NODE_NAME, from the downward API)")
+    run.add_argument("--kubeconfig", help="outside the cluster (default: in-cluster config)")
+    run.add_argument("--fake", metavar="FIXTURE", help="a fixture machine instead of NVML (demos, tests)")
+    run.add_argument("--units-per-gpu", type=int, default=defaults.units_per_gpu)
+    run.add_argument("--vgpu-resource", default=defaults.vgpu_resource)
+    run.add_argument("--memory-resource", default=defaults.memory_resource)
+    run.add_argument("--interval", type=float, default=defaults.interval_s, metavar="SECONDS",
+                     help=f"refresh of used memory and health (default {defaults.interval_s:g})")
+    run.add_argument("--memory-threshold-mib", type=int, default=defaults.memory_threshold_mib,
+                     help="republish used memory when a GPU's moved by this much "
+                          f"(default {defaults.memory_threshold_mib})")
+    run.add_argument("--once", action="store_true", help="publish once and exit (1 if the API call failed)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
@@ -46,6 +70,8 @@ def open_nvml(fake: str | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
     try:
         nvml = open_nvml(args.fake)
     except RuntimeError as exc:
@@ -64,6 +90,50 @@ def main(argv: list[str] | None = None) -> int:
         "annotation": json.loads(report.annotation(args.units_per_gpu)),
     }, indent=2))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.node_name:
+        print("fracgpu-agent: no node name: pass --node-name or set NODE_NAME (the DaemonSet sets it from "
+              "spec.nodeName)", file=sys.stderr)
+        return 2
+    try:
+        settings = PublishSettings(units_per_gpu=args.units_per_gpu, vgpu_resource=args.vgpu_resource,
+                                   memory_resource=args.memory_resource, interval_s=args.interval,
+                                   memory_threshold_mib=args.memory_threshold_mib)
+    except ValueError as exc:
+        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        api = KubeNodeApi.connect(args.kubeconfig)
+    except Exception as exc:  # no or bad kubeconfig, not in a cluster
+        where = args.kubeconfig or "in-cluster service account"
+        print(f"fracgpu-agent: cannot load the Kubernetes configuration ({where}): {exc}", file=sys.stderr)
+        return 2
+    try:
+        nvml = open_nvml(args.fake)
+    except RuntimeError as exc:
+        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+        return 1
+    publisher = Publisher(nvml, api, args.node_name, settings, describe=describe_api_error)
+    try:
+        if args.once:
+            try:
+                publisher.sync()
+            except Exception as exc:
+                print(f"fracgpu-agent: cannot publish to node {args.node_name}: {describe_api_error(exc)}",
+                      file=sys.stderr)
+                return 1
+            return 0
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        publisher.run(stop)
+        logging.getLogger("fracgpu.agent").info("stopped after %d patches", publisher.patches)
+        return 0
+    finally:
+        nvml.nvmlShutdown()
 
 
 if __name__ == "__main__":

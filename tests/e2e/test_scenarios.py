@@ -196,7 +196,7 @@ def test_deploy_manifests_pass_server_side_dry_run(control_plane):
                 assert reasons == ["AlreadyExists"], f"{path.name}: {exc}"
             accepted.append(f"{path.name}:{doc['kind']}/{doc['metadata']['name']}")
     kinds = {a.split(":")[1].split("/")[0] for a in accepted}
-    assert {"Deployment", "ConfigMap", "ClusterRole", "NetworkPolicy", "ServiceAccount"} <= kinds, accepted
+    assert {"Deployment", "DaemonSet", "ConfigMap", "ClusterRole", "NetworkPolicy", "ServiceAccount"} <= kinds, accepted
 
 
 def test_scheduler_identity_has_what_it_needs_and_no_more(control_plane):
