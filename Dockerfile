@@ -1,4 +1,4 @@
-# The fracgpu image: extender (fracgpu-extender) and, later, the node agent. Non-root, no shell needed.
+# The fracgpu image: the extender (fracgpu-extender serve) and the node agent (fracgpu-agent run). Non-root.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
