@@ -48,6 +48,8 @@ class Assignment:
     pool: str | None
     policy: str
     containers: tuple[ContainerAssignment, ...]
+    cpu_milli: int = 0   # host charge (simulator); not part of the annotation
+    memory_mib: int = 0
 
     @property
     def key(self) -> str:

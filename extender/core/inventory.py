@@ -116,7 +116,10 @@ class NodeInventory:
     pool: str | None
     gpus: tuple[GpuInfo, ...]
     links: tuple[tuple[str, ...], ...] | None
-    source: Literal["annotation", "gfd"]
+    source: Literal["annotation", "gfd", "simulator"]
+    # Host resources, accounted only where known (the simulator). The extender leaves them to kube-scheduler.
+    cpu_milli: int | None = None
+    memory_mib: int | None = None
 
 
 def parse_node(node: Mapping, settings: CoreSettings) -> NodeInventory | None:

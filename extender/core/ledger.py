@@ -32,6 +32,7 @@ EMPTY_POOL = -1  # gpu_pool: no pod on the GPU
 MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); no pool may add to it
 NO_POOL = 0  # pool id of "no pool"
 UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
+UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
 
 
 def stable_hash(text: str) -> int:
@@ -57,7 +58,9 @@ class Ledger:
         ("gpu_shape", np.int64), ("free_units", np.int64), ("free_mem", np.int64),
     )
     _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
-                   ("shape_kinds", np.int32))
+                   ("shape_kinds", np.int32), ("cpu_total", np.int64), ("cpu_used", np.int64),
+                   ("host_mem_total", np.int64), ("host_mem_used", np.int64))
+    # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes)
 
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
         self.settings = settings
@@ -102,6 +105,8 @@ class Ledger:
         self.node_pool[row] = self.pool_id(inventory.pool)
         self.node_hash[row] = np.uint64(stable_hash(name))
         self.gpu_count[row] = len(inventory.gpus)
+        self.cpu_total[row] = UNACCOUNTED if inventory.cpu_milli is None else inventory.cpu_milli
+        self.host_mem_total[row] = UNACCOUNTED if inventory.memory_mib is None else inventory.memory_mib
         units = self.units_per_gpu
         for pos, gpu in enumerate(inventory.gpus):
             self.present[row, pos] = True
@@ -203,6 +208,11 @@ class Ledger:
                 f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(int(self.node_pool[row]))!r}, "
                 f"the pod in pool {assignment.pool!r}"
             )
+        for what, asked, total, used in (("CPU (milli)", assignment.cpu_milli, self.cpu_total, self.cpu_used),
+                                         ("memory MiB", assignment.memory_mib, self.host_mem_total, self.host_mem_used)):
+            if asked and total[row] != UNACCOUNTED and asked > total[row] - used[row]:
+                raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
+                                     f"{total[row] - used[row]} free")
         charges = _charges_of(assignment)
         for charge in charges:
             pos = self._position(row, charge)
@@ -356,7 +366,10 @@ class Ledger:
         return self._by_index[row].get(charge.index)
 
     def _apply(self, row: int, node: str, uid: str) -> None:
-        pool = self.pool_id(self._assignments[uid].pool)
+        assignment = self._assignments[uid]
+        pool = self.pool_id(assignment.pool)
+        self.cpu_used[row] += assignment.cpu_milli
+        self.host_mem_used[row] += assignment.memory_mib
         shapes = self.shape_count[row]
         for charge in self._charges[uid]:
             pos = self._position(row, charge)
@@ -386,6 +399,8 @@ class Ledger:
         self.gpu_pool[row] = EMPTY_POOL
         self.shape_count[row] = 0
         self.shape_kinds[row] = 0
+        self.cpu_used[row] = 0
+        self.host_mem_used[row] = 0
         for uid in sorted(self._by_node.get(name, ())):
             self._orphans.pop(uid, None)
             self._apply(row, name, uid)
@@ -414,6 +429,8 @@ class Ledger:
         self.gpu_pool[row] = EMPTY_POOL
         for name, _ in self._ROW_ARRAYS:
             getattr(self, name)[row] = 0
+        self.cpu_total[row] = UNACCOUNTED
+        self.host_mem_total[row] = UNACCOUNTED
         self.shape_count[row] = 0
         self._by_index[row] = {}
         self._by_uuid[row] = {}

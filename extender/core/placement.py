@@ -38,6 +38,7 @@ from .topology import best_connected, connectivity, link_graph
 FIT, UNKNOWN, EXCLUDED, POOL, MODEL, TOO_FEW, TOO_BIG = 0, 1, 2, 3, 4, 5, 6
 RESOLVABLE = 8
 JOINT = 16
+HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
 SEARCH_BUDGET = 20_000
 
 
@@ -77,7 +78,7 @@ class Placement:
     def assignment(self, pod: PodRequest, policy: str) -> Assignment:
         return Assignment(
             pod_uid=pod.uid, namespace=pod.namespace, name=pod.name, node=self.node, pool=pod.pool,
-            policy=policy, containers=self.containers,
+            policy=policy, containers=self.containers, cpu_milli=pod.cpu_milli, memory_mib=pod.memory_mib,
         )
 
 
@@ -123,7 +124,7 @@ class Evaluation:
 def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Policy) -> Evaluation:
     """Filter and score ``nodes`` for ``pod`` under ``policy`` (see module docstring)."""
     nodes = nodes if isinstance(nodes, list) else list(nodes)
-    if not pod.wants_gpu:
+    if not pod.wants_gpu and not pod.wants_host:
         return Evaluation(pod, list(nodes), np.zeros(len(nodes)), {}, {}, _Explainer(ledger, pod, [], None))
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
@@ -144,7 +145,9 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     explainer = _Explainer(ledger, pod, known, rows)
     if not known:
         return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer, rejections)
-    if pod.single is not None:
+    if not pod.wants_gpu:
+        fit, codes, scores = explainer.host_only(policy)
+    elif pod.single is not None:
         fit, codes, scores = explainer.vectorised(policy)
     else:
         fit, codes, scores = explainer.searched(policy)
@@ -165,7 +168,8 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
 
 def _category(code: int) -> str:
     """A short, bounded label per misfit code (a metrics label: no node names, no numbers)."""
-    fixed = {POOL: "pool", MODEL: "model", TOO_FEW: "too-few-gpus", TOO_BIG: "gpu-too-small", JOINT: "containers"}
+    fixed = {POOL: "pool", MODEL: "model", TOO_FEW: "too-few-gpus", TOO_BIG: "gpu-too-small", JOINT: "containers",
+             HOST_CPU: "cpu", HOST_MEM: "host-memory", HOST_BOTH: "cpu+host-memory"}
     if code in fixed:
         return fixed[code]
     bits = code - RESOLVABLE
@@ -187,7 +191,7 @@ class _Messages:
         self.pod = pod
         single = pod.single
         self.what = single.describe() if single else f"{len(pod.containers)} GPU containers"
-        self.count = max(c.count for c in pod.containers)
+        self.count = max((c.count for c in pod.containers), default=0)
 
     def text(self, code: int) -> str:
         pod = self.pod
@@ -201,6 +205,9 @@ class _Messages:
             return f"fracgpu: GPUs too small (memory); needs {self.what}"
         if code == JOINT:
             return f"fracgpu: the pod's {self.what} do not fit together"
+        if code in (HOST_CPU, HOST_MEM, HOST_BOTH):
+            short = {HOST_CPU: "CPU", HOST_MEM: "memory", HOST_BOTH: "CPU and memory"}[code]
+            return f"fracgpu: insufficient node {short}; needs {pod.cpu_milli}m CPU and {pod.memory_mib} MiB"
         bits = code - RESOLVABLE
         parts = [label for bit, label in ((1, "GPU units"), (2, "GPU memory"), (4, "GPUs free of other pools"))
                  if bits & bit]
@@ -214,8 +221,8 @@ class _Checks:
     __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
 
     def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pool: int, container: ContainerNeed,
-                 pod_hash: int, model_lut: np.ndarray | None) -> None:
-        self.need = Need(container, pod_hash)
+                 pod_hash: int, model_lut: np.ndarray | None, cpu_milli: int = 0) -> None:
+        self.need = Need(container, pod_hash, cpu_milli)
         self.memory = self.need.memory(view)
         offered = view.offered_units > 0
         self.model_ok = offered if model_lut is None else model_lut[model]
@@ -287,7 +294,36 @@ class _Explainer:
         return self.index[name]
 
     def _checks(self, container: ContainerNeed) -> _Checks:
-        return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_hash, self.model_lut)
+        return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_hash, self.model_lut,
+                       self.pod.cpu_milli)
+
+    def host_codes(self) -> np.ndarray:
+        """FIT, or which host resource the node lacks (only where its inventory carries host capacity)."""
+        pod = self.pod
+        if not pod.wants_host:
+            return np.zeros(len(self.names), dtype=np.int64)
+        view = self.view
+        memory_total = self.ledger.host_mem_total.take(self.rows)
+        memory_free = memory_total - self.ledger.host_mem_used.take(self.rows)
+        cpu_bad = (view.cpu_total >= 0) & (view.cpu_free < pod.cpu_milli)
+        memory_bad = (memory_total >= 0) & (memory_free < pod.memory_mib)
+        return np.select([cpu_bad & memory_bad, cpu_bad, memory_bad], [HOST_BOTH, HOST_CPU, HOST_MEM], FIT)
+
+    def _with_host(self, codes: np.ndarray) -> np.ndarray:
+        host = self.host_codes()
+        bad = (codes == FIT) & (host != FIT)
+        codes[bad] = host[bad]
+        return codes
+
+    # -------------------------------------------------------------- no GPU: host resources only (simulator)
+    def host_only(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        codes = self.host_codes()
+        fit = codes == FIT
+        shape = self.view.free_units.shape
+        zeros = np.zeros(shape, dtype=np.int64)
+        need = Need(ContainerNeed("host", "app", 0, 0, 0), self.pod_hash, self.pod.cpu_milli)
+        scores = policy.node_score(self.view, need, zeros, zeros) if fit.any() else np.zeros(len(fit))
+        return fit, codes, np.clip(scores, 0.0, 10.0)
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,7 +331,7 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        codes = checks.codes(self.node_pool_ok, self.pod.models is not None)
+        codes = self._with_host(checks.codes(self.node_pool_ok, self.pod.models is not None))
         fit = codes == FIT
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
         self.preference = np.where(checks.eligible, preference, -np.inf)
@@ -325,6 +361,7 @@ class _Explainer:
         for container_codes in per_container:
             bad = (container_codes != FIT) & (codes == FIT)
             codes[bad] = container_codes[bad]
+        codes = self._with_host(codes)
         preferences = [
             np.where(c.eligible, policy.gpu_preference(self.view, c.need, c.memory), -np.inf) for c in self.checks
         ]
@@ -370,6 +407,8 @@ class _Explainer:
     # -------------------------------------------------------------- answers after evaluation
     def placement(self, node: str, score: float) -> Placement:
         i = self._position(node)
+        if not self.pod.wants_gpu:
+            return Placement(node=node, score=score, containers=())
         if self.pod.single is None:
             return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
         container = self.pod.single
@@ -393,6 +432,15 @@ class _Explainer:
         pod = self.pod
         if not self.node_pool_ok[i]:
             reasons.append(Reason(node, None, "pool", pod.pool or "no pool", self.inventory(i).pool or "no pool", True))
+        if pod.wants_host:
+            row = int(self.rows[i])
+            ledger = self.ledger
+            for what, asked, total, used in (("cpu (milli)", pod.cpu_milli, ledger.cpu_total, ledger.cpu_used),
+                                             ("memoryMiB (node)", pod.memory_mib, ledger.host_mem_total,
+                                              ledger.host_mem_used)):
+                free = int(total[row] - used[row])
+                if total[row] >= 0 and asked > free:
+                    reasons.append(Reason(node, None, what, asked, free, False))
         for c_ix, checks in enumerate(self.checks):
             container = pod.containers[c_ix]
             label = "" if len(self.checks) == 1 else f"container {container.name}: "

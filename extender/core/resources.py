@@ -65,6 +65,9 @@ class PodRequest:
     containers: tuple[ContainerNeed, ...]
     phases: tuple[tuple[int, ...], ...]
     policy: str | None = None
+    # Host requests, checked only on nodes whose inventory carries host capacity (the simulator's).
+    cpu_milli: int = 0
+    memory_mib: int = 0
 
     @property
     def key(self) -> str:
@@ -73,6 +76,10 @@ class PodRequest:
     @property
     def wants_gpu(self) -> bool:
         return bool(self.containers)
+
+    @property
+    def wants_host(self) -> bool:
+        return self.cpu_milli > 0 or self.memory_mib > 0
 
     @property
     def single(self) -> ContainerNeed | None:

@@ -71,6 +71,15 @@ class View:
         return self.ledger.gpu_shape.take(self.rows, axis=0)
 
     @cached_property
+    def cpu_total(self) -> np.ndarray:
+        """Per node, host CPU in milli-cores; -1 where the core does not account it (extender nodes)."""
+        return self.ledger.cpu_total.take(self.rows)
+
+    @cached_property
+    def cpu_free(self) -> np.ndarray:
+        return self.cpu_total - self.ledger.cpu_used.take(self.rows)
+
+    @cached_property
     def positions(self) -> np.ndarray:
         return np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
 
@@ -81,6 +90,7 @@ class Need:
 
     container: ContainerNeed
     pod_hash: int
+    cpu_milli: int = 0  # the pod's host CPU request (simulator)
 
     @property
     def units(self) -> int:
