@@ -59,7 +59,7 @@ class Ledger:
     )
     _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
                    ("shape_kinds", np.int32), ("cpu_total", np.int64), ("cpu_used", np.int64),
-                   ("host_mem_total", np.int64), ("host_mem_used", np.int64))
+                   ("host_mem_total", np.int64), ("host_mem_used", np.int64), ("row_version", np.int64))
     # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes)
 
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
@@ -410,6 +410,7 @@ class Ledger:
         self.free_units[row] = self.offered_units[row] - self.used_units[row]
         self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
         self.generation += 1
+        self.row_version[row] = self.generation  # monotonic: a policy's per-row cache is valid while it matches
 
     def _overcommit(self, row: int, assignment: Assignment) -> str | None:
         bad = [

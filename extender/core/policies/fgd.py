@@ -1,0 +1,155 @@
+"""FGD, fragmentation gradient descent (Weng et al., "Beware of Fragmentation", USENIX ATC '23).
+
+A node's **fragmentation** for a target workload W (pod shapes with probabilities) counts the free GPU units
+that the shapes of W could not use there, weighted by how often each shape comes:
+
+    F(node) = Σ_s p_s · f_s(node)
+    f_s = Σ free units of the GPUs each holding less than s's share      if s fits on the node (enough such
+                                                                           GPUs, CPU, an allowed model)
+        = all free units of the node                                      otherwise (also for CPU-only s)
+
+FGD places a pod where F grows least: for each candidate (node, GPU) the score is
+``floor(100 · sigmoid((F_before − F_after) / unitsPerGpu)) / 10`` on our 0..10 scale, the published
+simulator's integer score (so its ties are kept). A pod on one GPU takes the best-scoring GPU (lowest index
+among equals); a pod on several whole GPUs takes free GPUs lowest index first, and CPU-only pods score the
+change their CPU causes.
+
+The workload is a parameter: ``[(cpu_milli, gpu_count, units per GPU, models or None, probability), ...]``.
+The simulator builds it from the trace (the most frequent shapes covering 95% of pods, renormalised, see
+:func:`target_workload`); the extender from recently seen pods. Per-node results are cached by the ledger's
+row version, so only nodes that changed since are computed again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..resources import model_matches
+from .base import Need, Policy, View
+
+Shape = tuple[int, int, int, tuple[str, ...] | None]  # cpu milli, GPU count, units per GPU, models
+
+
+def target_workload(shapes: Iterable[Shape], coverage: float = 0.95) -> list[tuple[int, int, int, tuple[str, ...] | None, float]]:
+    """The most frequent shapes, in decreasing count, until they cover ``coverage`` of all pods; renormalised.
+
+    Equal counts are ordered as the published simulator orders them (larger CPU, then larger share, more GPUs,
+    then model text, first), so the cut falls on the same shapes.
+    """
+    counts = Counter(shapes)
+    if not counts:
+        return []
+    total = sum(counts.values())
+    ordered = sorted(counts.items(), key=lambda kv: (kv[1], kv[0][0], kv[0][2], kv[0][1], "|".join(kv[0][3] or ())),
+                     reverse=True)
+    chosen, covered = [], 0
+    for shape, count in ordered:
+        if covered >= coverage * total:
+            break
+        chosen.append((shape, count))
+        covered += count
+    return [(*shape, count / covered) for shape, count in chosen]
+
+
+class Fgd(Policy):
+    name = "fgd"
+
+    def __init__(self, workload: Sequence[tuple] = ()) -> None:
+        if not workload:
+            raise ValueError("fgd needs a target workload: [(cpu_milli, gpu_count, units, models, probability), ...]")
+        rows = [tuple(w) for w in workload]
+        for w in rows:
+            if len(w) != 5 or w[4] < 0 or w[1] < 0 or w[2] < 0:
+                raise ValueError(f"fgd workload entry {w!r}: expected (cpu_milli, gpu_count, units, models, p >= 0)")
+        self.workload = rows
+        self.cpu = np.array([w[0] for w in rows], dtype=np.int64)
+        self.count = np.array([w[1] for w in rows], dtype=np.int64)
+        self.units = np.array([w[2] for w in rows], dtype=np.int64)
+        self.models = [tuple(w[3]) if w[3] else None for w in rows]
+        self.p = np.array([w[4] for w in rows], dtype=np.float64)
+        self._model_ok: dict[int, np.ndarray] = {}  # ledger model id -> allowed per shape
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # pod shape -> (row version, per-GPU score)
+
+    def describe(self) -> str:
+        return f"fgd({len(self.workload)} shapes)"
+
+    # ------------------------------------------------------------------ fragmentation
+    def _shape_access(self, view: View) -> np.ndarray:
+        """(nodes, shapes): may shape s run on this node's GPU model (a node's GPUs share one model)."""
+        ledger = view.ledger
+        models = ledger.model.take(view.rows, axis=0)[:, 0]
+        out = np.ones((len(view), len(self.workload)), dtype=bool)
+        for s, allowed in enumerate(self.models):
+            if allowed is None:
+                continue
+            names = ledger.model_names()
+            lut = np.array([model_matches(allowed, m) for m in names] + [False])
+            out[:, s] = lut[models]
+        return out
+
+    def fragmentation(self, free: np.ndarray, cpu_free: np.ndarray, access: np.ndarray) -> np.ndarray:
+        """F for each row of ``free`` (…, GPUs) with ``cpu_free`` (…) and ``access`` (…, shapes)."""
+        free = np.clip(free, 0, None)
+        total = free.sum(axis=-1)[..., None]                                     # (…, 1)
+        units = self.units
+        below = free[..., :, None] < units                                        # (…, G, S)
+        stranded = (free[..., :, None] * below).sum(axis=-2)                      # (…, S)
+        enough = (~below).sum(axis=-2) >= self.count                              # (…, S)
+        satisfied = enough & access & (cpu_free[..., None] >= self.cpu) & (units > 0)
+        per_shape = np.where(satisfied, stranded, total)
+        return per_shape @ self.p
+
+    # ------------------------------------------------------------------ policy
+    def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+        if need.count != 1:  # whole GPUs: lowest index first (the published simulator's exclusive allocation)
+            return -view.positions.astype(np.float64)
+        return self._single_gpu_scores(view, need)
+
+    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+        if need.count == 1 and need.units > 0:
+            scores = self._single_gpu_scores(view, need)
+            return np.where(take_units > 0, scores, -np.inf).max(axis=1).clip(0.0, None)
+        access = self._shape_access(view)
+        cpu = np.where(view.cpu_total >= 0, view.cpu_free, np.iinfo(np.int64).max // 4)
+        before = self.fragmentation(view.free_units, cpu, access)
+        after = self.fragmentation(view.free_units - take_units, cpu - need.cpu_milli, access)
+        return _score(before - after, view.units_per_gpu)
+
+    def _single_gpu_scores(self, view: View, need: Need) -> np.ndarray:
+        """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, cached per row version."""
+        ledger = view.ledger
+        if getattr(self, "_ledger", None) is not ledger:  # row versions belong to one ledger
+            self._cache.clear()
+            self._ledger = ledger
+        key = (need.units, need.cpu_milli)
+        versions, scores = self._cache.get(key, (None, None))
+        capacity = len(ledger.row_version)
+        width = view.free_units.shape[1]
+        if versions is None or len(versions) != capacity or scores.shape[1] != width:
+            versions = np.full(capacity, -1, dtype=np.int64)
+            scores = np.zeros((capacity, width))
+            self._cache[key] = (versions, scores)
+        current = ledger.row_version.take(view.rows)
+        stale = np.flatnonzero(versions.take(view.rows) != current)
+        if len(stale):
+            sub = View(ledger, view.rows[stale])
+            access = self._shape_access(sub)
+            cpu = np.where(sub.cpu_total >= 0, sub.cpu_free, np.iinfo(np.int64).max // 4)
+            free = np.clip(sub.free_units, 0, None)
+            before = self.fragmentation(free, cpu, access)                                  # (n,)
+            eye = np.eye(width, dtype=np.int64) * need.units                                # (G, G)
+            after = self.fragmentation(free[:, None, :] - eye[None], (cpu - need.cpu_milli)[:, None],
+                                       access[:, None, :])                                   # (n, G)
+            fits = free >= need.units
+            rows = view.rows[stale]
+            scores[rows] = np.where(fits, _score(before[:, None] - after, view.units_per_gpu), -np.inf)
+            versions[rows] = current[stale]
+        return scores.take(view.rows, axis=0)
+
+
+def _score(decrease: np.ndarray, units_per_gpu: int) -> np.ndarray:
+    """floor(100 · sigmoid(ΔF / unitsPerGpu)) / 10: the published integer score on a 0..10 scale."""
+    return np.floor(100.0 / (1.0 + np.exp(-decrease / units_per_gpu))) / 10.0
