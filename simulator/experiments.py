@@ -4,6 +4,11 @@ Inflation, as the paper's simulator does it: the pods are sorted by name and shu
 copies of trace pods are appended while the GPU requested stays within ``ratio`` × the cluster's GPU capacity
 (a copy that would pass it ends the inflation); every pod arrives once, in that order, and never leaves. The
 cluster is recorded at every 1% of arrived GPU load (arrived = requested by pods that came, placed or not).
+
+Ties: the published simulator gives every node a random name prefix from the seed and, in effect, takes the
+first of the tied nodes in that order. ``node_order="shuffled"`` with ``tie_break="first"`` (the defaults) does
+the same; measured on the default trace (seed 42), FGD leaves 4.84% of GPUs unallocated this way and 9.21% with
+a fresh random draw among tied nodes at every pod (``tie_break="random"``): the tie-break decides the result.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from extender.core.policies import Policy, View
 from extender.core.policies.fgd import Fgd, target_workload
 
 from .engine import ARRIVE, EventQueue, SimCluster, TieBreak, percent
-from .trace import SimPod
+from .trace import SETTINGS, SimPod
 
 PolicyFactory = Callable[[int, list], Policy]  # (seed, target workload) -> policy
 
@@ -81,14 +86,20 @@ def inflate(pods: Sequence[SimPod], capacity: int, ratio: float, rng: random.Ran
 
 
 def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: PolicyFactory, *, seed: int,
-              ratio: float = 1.3, tie_break: TieBreak = "random", coverage: float = 0.95,
-              name: str | None = None) -> InflationResult:
+              ratio: float = 1.3, tie_break: TieBreak = "first", node_order: str = "shuffled",
+              coverage: float = 0.95, name: str | None = None) -> InflationResult:
+    if node_order not in ("shuffled", "as-given"):
+        raise ValueError(f"node_order must be shuffled or as-given, not {node_order!r}")
     rng = random.Random(seed)
     workload = workload_of(pods, coverage)
     policy = make(seed, workload)
+    capacity = sum(len(n.gpus) for n in nodes) * SETTINGS.units_per_gpu
+    order = inflate(pods, capacity, ratio, rng)
+    nodes = list(nodes)
+    if node_order == "shuffled":
+        rng.shuffle(nodes)
     cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break)
     meter = Fgd(workload)
-    order = inflate(pods, cluster.gpu_capacity, ratio, rng)
     queue = EventQueue()
     for i, pod in enumerate(order):
         queue.push(float(i), ARRIVE, pod)

@@ -6,7 +6,9 @@ Scale: one GPU is 1000 units in the simulator (``UNITS_PER_GPU``), the trace's `
 ``simulator/data/openb``):
 
 * nodes ``sn,cpu_milli,memory_mib,gpu,model``: CPU and memory become the node's host resources; ``gpu``
-  GPUs of ``model``, each with the memory of :data:`MODEL_MEMORY_MIB`;
+  GPUs of ``model``, each with the memory of :data:`MODEL_MEMORY_MIB`. The default is the 1213 GPU nodes
+  (``openb_node_list_gpu_node.csv``), the cluster of the paper's experiments; the 1523-node list with CPU-only
+  nodes ships too;
 * pods ``name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...,creation_time,deletion_time,scheduled_time``:
   ``gpu_milli`` is the share of each GPU (1000 = whole), ``gpu_spec`` the allowed models (``|``-separated,
   empty = any), ``creation_time`` the arrival, ``deletion_time - (scheduled_time or creation_time)`` the
@@ -152,7 +154,7 @@ def _optional_int(row: dict, key: str) -> int | None:
 
 
 def load_openb_nodes(path: str | Path | None = None) -> list[NodeInventory]:
-    path = Path(path) if path else default_path("openb_node_list_all_node.csv")
+    path = Path(path) if path else default_path("openb_node_list_gpu_node.csv")
     nodes, seen = [], set()
     for line, row, problems in _csv_rows(path, ("sn", "cpu_milli", "memory_mib", "gpu", "model")):
         try:

@@ -16,7 +16,7 @@ from extender.core.policies.fgd import Fgd, target_workload
 from simulator.engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster
 from simulator.experiments import inflate, inflation
 from simulator.trace import (SETTINGS, SimPod, TraceError, dump_jsonl, load_cluster_file, load_jsonl, load_openb_nodes,
-                             load_openb_pods, node_objects, sim_node)
+                             load_openb_pods, node_objects, sim_node, default_path)
 
 
 def cpu_pod(name, cpu, **kw):
@@ -59,7 +59,8 @@ def test_nodes_without_host_capacity_are_not_checked():  # the extender's nodes:
 # ------------------------------------------------------------------ traces
 def test_the_embedded_openb_trace_loads_whole():
     nodes, pods = load_openb_nodes(), load_openb_pods()
-    assert len(nodes) == 1523 and sum(len(n.gpus) for n in nodes) == 6212
+    assert len(nodes) == 1213 and sum(len(n.gpus) for n in nodes) == 6212 and all(n.gpus for n in nodes)
+    assert len(load_openb_nodes(default_path("openb_node_list_all_node.csv"))) == 1523
     assert len(pods) == 8152 and sum(p.gpu_count == 0 for p in pods) == 1088
     assert pods[0].arrival == 0.0 and pods[0].duration == 12537496.0
 
