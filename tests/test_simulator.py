@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from extender.core import Ledger, evaluate
-from extender.core.policies import View, make_policy
+from extender.core.policies import make_policy
 from extender.core.policies.fgd import Fgd, target_workload
 from simulator.engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster
 from simulator.experiments import inflate, inflation
