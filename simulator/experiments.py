@@ -122,7 +122,7 @@ def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: Poli
 
 def checkpoint(cluster: SimCluster, meter: Fgd, arrived: int) -> Checkpoint:
     free, cpu, rows = cluster.free_units_by_node()
-    access = meter._shape_access(View(cluster.ledger, rows))
+    access = meter.shape_access(View(cluster.ledger, rows))
     cpu = np.where(cpu >= 0, cpu, np.iinfo(np.int64).max // 4)
     fragmented = float(meter.fragmentation(free, cpu, access).sum())
     idle = float(free.sum())

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 
 from extender.core.errors import CorruptAnnotation
 from extender.core.inventory import GpuInfo, NodeInventory, inventory_annotation, parse_node
@@ -350,12 +351,7 @@ def _quantity(raw: Any, parse: Callable[[str], int]) -> int | None:
 
 def _milli(raw: str) -> int:
     """CPU quantity to milli-cores: "8" -> 8000, "500m" -> 500, "1.5" -> 1500."""
-    from decimal import Decimal, InvalidOperation
-
-    try:
-        value = Decimal(raw[:-1]) if raw.endswith("m") else Decimal(raw) * 1000
-    except InvalidOperation:
-        raise ValueError("not a CPU quantity") from None
+    value = parse_quantity(raw) * 1000
     if value < 0 or value != value.to_integral_value():
         raise ValueError("not a whole number of milli-cores")
     return int(value)

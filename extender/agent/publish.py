@@ -173,13 +173,11 @@ class KubeNodeApi:
 
     @classmethod
     def connect(cls, kubeconfig: str | None) -> "KubeNodeApi":
-        from kubernetes import client, config
+        from kubernetes import client
 
-        configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
+        from ..kube.config import kube_configuration
+
+        configuration = kube_configuration(kubeconfig)
         configuration.retries = 0  # our loop retries, with backoff
         return cls(client.CoreV1Api(client.ApiClient(configuration)))
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import orjson
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..api.source import BindError, ClusterSink
+from .config import kube_configuration
 from .rest import RestClient, status_message
 
 log = logging.getLogger("fracgpu.live")
@@ -49,11 +50,7 @@ class LiveCluster:
 
     @classmethod
     def connect(cls, kubeconfig: Path | None) -> "LiveCluster":
-        configuration = client.Configuration()
-        if kubeconfig is not None:
-            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
+        configuration = kube_configuration(kubeconfig)
         configuration.connection_pool_maxsize = API_THREADS  # one kept-alive connection per thread
         return cls(client.CoreV1Api(client.ApiClient(configuration)), RestClient.from_configuration(configuration))
 

@@ -70,24 +70,22 @@ class Fgd(Policy):
         self.units = np.array([w[2] for w in rows], dtype=np.int64)
         self.models = [tuple(w[3]) if w[3] else None for w in rows]
         self.p = np.array([w[4] for w in rows], dtype=np.float64)
-        self._model_ok: dict[int, np.ndarray] = {}  # ledger model id -> allowed per shape
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # pod shape -> (row version, per-GPU score)
 
     def describe(self) -> str:
         return f"fgd({len(self.workload)} shapes)"
 
     # ------------------------------------------------------------------ fragmentation
-    def _shape_access(self, view: View) -> np.ndarray:
+    def shape_access(self, view: View) -> np.ndarray:
         """(nodes, shapes): may shape s run on this node's GPU model (a node's GPUs share one model)."""
-        ledger = view.ledger
-        models = ledger.model.take(view.rows, axis=0)[:, 0]
         out = np.ones((len(view), len(self.workload)), dtype=bool)
-        for s, allowed in enumerate(self.models):
-            if allowed is None:
-                continue
-            names = ledger.model_names()
-            lut = np.array([model_matches(allowed, m) for m in names] + [False])
-            out[:, s] = lut[models]
+        restricted = [s for s, allowed in enumerate(self.models) if allowed is not None]
+        if restricted:
+            models = view.ledger.model.take(view.rows, axis=0)[:, 0]
+            names = view.ledger.model_names()
+            for s in restricted:
+                lut = np.array([model_matches(self.models[s], m) for m in names] + [False])  # -1: no GPU
+                out[:, s] = lut[models]
         return out
 
     def fragmentation(self, free: np.ndarray, cpu_free: np.ndarray, access: np.ndarray) -> np.ndarray:
@@ -112,7 +110,7 @@ class Fgd(Policy):
         if need.count == 1 and need.units > 0:
             scores = self._single_gpu_scores(view, need)
             return np.where(take_units > 0, scores, -np.inf).max(axis=1).clip(0.0, None)
-        access = self._shape_access(view)
+        access = self.shape_access(view)
         cpu = np.where(view.cpu_total >= 0, view.cpu_free, np.iinfo(np.int64).max // 4)
         before = self.fragmentation(view.free_units, cpu, access)
         after = self.fragmentation(view.free_units - take_units, cpu - need.cpu_milli, access)
@@ -136,7 +134,7 @@ class Fgd(Policy):
         stale = np.flatnonzero(versions.take(view.rows) != current)
         if len(stale):
             sub = View(ledger, view.rows[stale])
-            access = self._shape_access(sub)
+            access = self.shape_access(sub)
             cpu = np.where(sub.cpu_total >= 0, sub.cpu_free, np.iinfo(np.int64).max // 4)
             free = np.clip(sub.free_units, 0, None)
             before = self.fragmentation(free, cpu, access)                                  # (n,)
