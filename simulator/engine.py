@@ -21,12 +21,14 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 import numpy as np
 
 from extender.core import Ledger, evaluate
+from extender.core.placement import Evaluation, misfit_category
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
@@ -34,6 +36,7 @@ from .trace import SETTINGS, SimPod
 
 TieBreak = Literal["random", "first", "name"]
 COMPLETE, ARRIVE, RETRY = 0, 1, 2  # event priorities at the same instant
+FITS = -1  # _ShapeEntry.code of a node that fits
 
 
 @dataclass(order=True)
@@ -65,6 +68,28 @@ class EventQueue:
         return len(self._heap)
 
 
+class _ShapeEntry:
+    """One pod shape's last answer per node, and the ledger row version it was computed at."""
+
+    def __init__(self, nodes: int) -> None:
+        self.versions = np.full(nodes, -1, dtype=np.int64)
+        self.fit = np.zeros(nodes, dtype=bool)
+        self.scores = np.zeros(nodes, dtype=np.float64)
+        self.code = np.full(nodes, FITS, dtype=np.int64)  # misfit code per node
+
+    def misfit_counts(self) -> Counter:
+        codes, counts = np.unique(self.code[self.code != FITS], return_counts=True)
+        out: Counter = Counter()
+        for code, count in zip(codes.tolist(), counts.tolist()):
+            out[misfit_category(code)] += count
+        return out
+
+
+def _commonest(counts: Counter | dict) -> str:
+    """The category of the commonest misfit (ties: the smallest label); ``no-nodes`` when there is none."""
+    return max(sorted(counts), key=counts.get) if counts else "no-nodes"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     node: str | None
@@ -73,7 +98,7 @@ class Outcome:
 
 class SimCluster:
     def __init__(self, nodes: Iterable[NodeInventory], policy: Policy, *, rng: random.Random,
-                 tie_break: TieBreak = "random", resolution: float = 0.1) -> None:
+                 tie_break: TieBreak = "random", resolution: float = 0.1, cache: bool = True) -> None:
         if tie_break not in ("random", "first", "name"):
             raise ValueError(f"tie_break must be random, first or name, not {tie_break!r}")
         if resolution < 0:
@@ -90,15 +115,21 @@ class SimCluster:
         self.gpu_capacity = sum(len(n.gpus) for n in self.nodes) * SETTINGS.units_per_gpu
         self.allocated = 0  # GPU units held by placed pods
         self._held: dict[str, int] = {}
+        self._position = {name: i for i, name in enumerate(self.names)}
+        if len(self._position) != len(self.names):
+            raise ValueError("node names must be unique")
+        self._rows = np.array([self.ledger.row_of(n) for n in self.names], dtype=np.int64)
+        self.cache = cache
+        self._shapes: dict[tuple, _ShapeEntry] = {}
 
     def place(self, pod: SimPod, uid: str) -> Outcome:
         request = pod.request(uid)
-        evaluation = evaluate(self.ledger, request, self.names, self.policy)
-        if not evaluation.fits:
-            counts = evaluation.rejections
-            reason = max(sorted(counts), key=counts.get) if counts else "no-nodes"
+        if self.cache and self.policy.node_local:
+            node, evaluation, reason = self._decide_cached(pod, request)
+        else:
+            node, evaluation, reason = self._decide(request)
+        if node is None:
             return Outcome(None, reason)
-        node = self._choose(evaluation.fits, evaluation.scores)
         placement = evaluation.placement(node)
         self.ledger.reserve(placement.assignment(request, self.policy.name))
         self.ledger.commit(uid)
@@ -106,19 +137,61 @@ class SimCluster:
         self.allocated += pod.total_milli
         return Outcome(node)
 
+    def _decide(self, request) -> tuple[str | None, Evaluation, str | None]:
+        evaluation = evaluate(self.ledger, request, self.names, self.policy)
+        if not evaluation.fits:
+            return None, evaluation, _commonest(evaluation.rejections)
+        return self._choose(evaluation.fits, evaluation.scores), evaluation, None
+
+    def _decide_cached(self, pod: SimPod, request) -> tuple[str | None, Evaluation, str | None]:
+        """As :meth:`_decide`, re-evaluating only the nodes whose ledger row changed since this pod shape was
+        last evaluated (valid for ``node_local`` policies: a node's answer depends on its row and the shape)."""
+        entry = self._shapes.get(pod.shape_key)
+        if entry is None:
+            entry = self._shapes[pod.shape_key] = _ShapeEntry(len(self.names))
+        versions = self.ledger.row_version[self._rows]
+        stale = np.flatnonzero(entry.versions != versions)
+        evaluation = None
+        if len(stale):
+            names = [self.names[i] for i in stale.tolist()]
+            evaluation = evaluate(self.ledger, request, names, self.policy)
+            entry.fit[stale] = False
+            entry.versions[stale] = versions[stale]
+            if evaluation.fits:
+                positions = [self._position[n] for n in evaluation.fits]
+                entry.fit[positions] = True
+                entry.scores[positions] = self._cut(evaluation.scores)
+                entry.code[positions] = FITS
+            misfits, codes = evaluation.misfit_codes()
+            if misfits:
+                entry.code[[self._position[n] for n in misfits]] = codes
+        fitting = np.flatnonzero(entry.fit)
+        if not len(fitting):
+            return None, evaluation, _commonest(entry.misfit_counts())
+        node = self._pick(fitting, entry.scores[fitting])
+        if evaluation is None or node not in evaluation._explainer.index:
+            evaluation = evaluate(self.ledger, request, [node], self.policy)
+        return node, evaluation, None
+
     def remove(self, uid: str) -> None:
         if self.ledger.release(uid) is not None:
             self.allocated -= self._held.pop(uid)
 
+    def _cut(self, scores: np.ndarray) -> np.ndarray:
+        return np.floor(scores / self.resolution + 1e-9) if self.resolution else scores
+
     def _choose(self, fits: list[str], scores: np.ndarray) -> str:
-        if self.resolution:
-            scores = np.floor(scores / self.resolution + 1e-9)
-        tied = np.flatnonzero(scores == scores.max())
+        positions = np.fromiter((self._position[n] for n in fits), dtype=np.int64, count=len(fits))
+        return self._pick(positions, self._cut(scores))
+
+    def _pick(self, positions: np.ndarray, scores: np.ndarray) -> str:
+        """Among fitting nodes (positions in cluster order, ascending) the best score, ties by ``tie_break``."""
+        tied = positions[scores == scores.max()]
         if len(tied) == 1 or self.tie_break == "first":
-            return fits[int(tied[0])]
+            return self.names[int(tied[0])]
         if self.tie_break == "name":
-            return min(fits[i] for i in tied.tolist())
-        return fits[int(tied[self.rng.randrange(len(tied))])]
+            return min(self.names[i] for i in tied.tolist())
+        return self.names[int(tied[self.rng.randrange(len(tied))])]
 
     def free_units_by_node(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(free units per GPU (nodes, GPUs), free CPU per node, rows) for metrics."""

@@ -65,3 +65,31 @@ def synthetic_workload(count: int, *, seed: int, settings: CoreSettings | None =
             pod = gpu_pod(name, units=max(1, 50 * upg // 100), memory_mib=8192, pool="team-a", settings=settings)
         pods.append(pod)
     return pods
+
+
+# (gpu_count, gpu_milli, weight): fractional inference shares, whole GPUs, multi-GPU jobs, CPU-only pods
+_SHAPES = ((1, 100, 8), (1, 200, 6), (1, 250, 6), (1, 300, 4), (1, 500, 12), (1, 700, 3), (1, 1000, 25),
+           (2, 1000, 6), (4, 1000, 4), (8, 1000, 2), (0, 0, 10))
+
+
+def synthetic_trace(count: int, *, seed: int = 7, rate: float = 1.0, median_duration: float = 1800.0,
+                    models: tuple[str, ...] = ("T4", "V100M16", "V100M32", "P100", "A10", "G2", "G3")) -> list:
+    """``count`` :class:`~simulator.trace.SimPod` s with Poisson arrivals (``rate`` per second), log-normal
+    durations around ``median_duration`` seconds, and a mix of shapes like the openb trace's; one pod in six
+    is restricted to one or two GPU models. Same seed, same pods."""
+    from .trace import SimPod
+
+    if count < 0 or not rate > 0 or not median_duration > 0:
+        raise ValueError("synthetic trace: count must be >= 0, rate and median duration positive")
+    rng = random.Random(seed)
+    weights = [w for _, _, w in _SHAPES]
+    pods, now = [], 0.0
+    for i in range(count):
+        now += rng.expovariate(rate)
+        gpus, milli, _ = rng.choices(_SHAPES, weights)[0]
+        cpu = rng.choice((1000, 2000, 4000, 8000, 16000)) * max(gpus, 1)
+        allowed = tuple(sorted(rng.sample(models, rng.choice((1, 2))))) if gpus and rng.random() < 1 / 6 else None
+        pods.append(SimPod(name=f"synth-{i:06d}", cpu_milli=cpu, memory_mib=cpu * 4, gpu_count=gpus,
+                           gpu_milli=milli, models=allowed, arrival=round(now, 3),
+                           duration=round(rng.lognormvariate(0, 1) * median_duration, 3)))
+    return pods

@@ -83,8 +83,14 @@ class SimPod:
         return self.gpu_count * self.gpu_milli
 
     @property
+    def shape_key(self) -> tuple:
+        """Everything placement looks at, but the pod's identity: pods with equal keys fit and score alike."""
+        return (self.cpu_milli, self.memory_mib, self.gpu_count, self.gpu_milli, self.gpu_memory_mib, self.models,
+                self.pool)
+
+    @property
     def shape(self) -> tuple[int, int, int, tuple[str, ...] | None]:
-        """What placement depends on: (CPU, GPUs, milli per GPU, models)."""
+        """The pod as FGD's target workload counts it: (CPU, GPUs, milli per GPU, models)."""
         return self.cpu_milli, self.gpu_count, self.gpu_milli, self.models
 
     def request(self, uid: str | None = None) -> PodRequest:

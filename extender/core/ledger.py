@@ -33,6 +33,7 @@ MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); 
 NO_POOL = 0  # pool id of "no pool"
 UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
 UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
+KIND_SLOTS = 17  # kind_count columns: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
 
 
 def stable_hash(text: str) -> int:
@@ -82,7 +83,7 @@ class Ledger:
         self._by_node: dict[str, set[str]] = {}
         self._problems: dict[str, str] = {}
         self._orphans: dict[str, str] = {}
-        self._max_node: tuple[int, int] | None = None
+        self._max_node: tuple[int, int, int] | None = None
         self.generation = 0
         self._grow(rows)
 
@@ -159,11 +160,19 @@ class Ledger:
 
     def max_node_capacity(self) -> tuple[int, int]:
         """(units, usable MiB) of the largest node: the fixed scale of best-fit and GPU-clustering scores."""
+        return self._max_sizes()[:2]
+
+    def max_node_cpu(self) -> int:
+        """Host CPU (milli-cores) of the largest node that accounts it; 0 where none does."""
+        return self._max_sizes()[2]
+
+    def _max_sizes(self) -> tuple[int, int, int]:
         if self._max_node is None:
             live = self.live[: self._capacity]
             units = self.offered_units[: self._capacity].sum(axis=1)[live]
             memory = self.mem_usable[: self._capacity].sum(axis=1)[live]
-            self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)))
+            cpu = self.cpu_total[: self._capacity][live]
+            self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)), int(cpu.max(initial=0)))
         return self._max_node
 
     def pool_id(self, pool: str | None) -> int:
@@ -391,6 +400,9 @@ class Ledger:
             self.pods[row, pos] += 1
             shapes[min(charge.units, self.units_per_gpu)] += 1
         self.shape_kinds[row] = np.count_nonzero(shapes)
+        kind = pod_kind(self._charges[uid], self.units_per_gpu)
+        if kind is not None:
+            self.kind_count[row, kind] += 1
         self._refresh_free(row)
 
     def _recompute_row(self, name: str, row: int) -> None:
@@ -398,6 +410,7 @@ class Ledger:
             array[row] = 0
         self.gpu_pool[row] = EMPTY_POOL
         self.shape_count[row] = 0
+        self.kind_count[row] = 0
         self.shape_kinds[row] = 0
         self.cpu_used[row] = 0
         self.host_mem_used[row] = 0
@@ -433,6 +446,7 @@ class Ledger:
         self.cpu_total[row] = UNACCOUNTED
         self.host_mem_total[row] = UNACCOUNTED
         self.shape_count[row] = 0
+        self.kind_count[row] = 0
         self._by_index[row] = {}
         self._by_uuid[row] = {}
 
@@ -452,6 +466,10 @@ class Ledger:
         if old:
             shape_count[:old] = self.shape_count
         self.shape_count = shape_count
+        kind_count = np.zeros((rows, KIND_SLOTS), dtype=np.int32)
+        if old:
+            kind_count[:old] = self.kind_count
+        self.kind_count = kind_count
         self._inventory.extend([None] * (rows - old))
         self._by_index.extend({} for _ in range(rows - old))
         self._by_uuid.extend({} for _ in range(rows - old))
@@ -470,6 +488,17 @@ class Ledger:
                 array[:, self._width:] = EMPTY_POOL
             setattr(self, name, array)
         self._width = width
+
+
+def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
+    """A GPU pod's kind for GPU clustering: 0 = shares a GPU, n = n whole GPUs (the last slot takes more); None
+    for a pod without GPUs."""
+    charges = tuple(charges)
+    if not charges:
+        return None
+    if any(c.units < units_per_gpu for c in charges):
+        return 0
+    return min(len(charges), KIND_SLOTS - 1)
 
 
 def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:

@@ -94,6 +94,7 @@ class Evaluation:
         self.failed = failed
         self.unresolvable = unresolvable
         self._explainer = explainer
+        self._codes: tuple[list[str], np.ndarray] = ([], np.zeros(0, dtype=np.int64))  # known nodes, their codes
 
     def score_of(self, node: str) -> float:
         return float(self.scores[self.fits.index(node)])
@@ -112,6 +113,14 @@ class Evaluation:
         if i is None or not self._explainer.fit[i]:
             raise KeyError(f"node {node} does not fit pod {self.pod.key}")
         return self._explainer.placement(node, self.score_of(node))
+
+    def misfit_codes(self) -> tuple[list[str], np.ndarray]:
+        """The known candidate nodes that do not fit and each one's misfit code (:func:`misfit_category` names it)."""
+        known, codes = self._codes
+        if not len(known):
+            return [], codes
+        misfits = np.flatnonzero(~self._explainer.fit)
+        return [known[i] for i in misfits.tolist()], codes[misfits]
 
     def misfit(self, node: str) -> Misfit:
         """Every reason this node does not fit."""
@@ -159,14 +168,16 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
         kinds, counts = np.unique(codes[misfits], return_counts=True)
         texts = {int(c): messages.text(int(c)) for c in kinds.tolist()}
         for code, count in zip(kinds.tolist(), counts.tolist()):
-            label = _category(code)
+            label = misfit_category(code)
             rejections[label] = rejections.get(label, 0) + count
         for i, code in zip(misfits.tolist(), codes[misfits].tolist()):
             (failed if code >= RESOLVABLE else unresolvable)[known[i]] = texts[code]
-    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections)
+    evaluation = Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections)
+    evaluation._codes = (known, codes)
+    return evaluation
 
 
-def _category(code: int) -> str:
+def misfit_category(code: int) -> str:
     """A short, bounded label per misfit code (a metrics label: no node names, no numbers)."""
     fixed = {POOL: "pool", MODEL: "model", TOO_FEW: "too-few-gpus", TOO_BIG: "gpu-too-small", JOINT: "containers",
              HOST_CPU: "cpu", HOST_MEM: "host-memory", HOST_BOTH: "cpu+host-memory"}
@@ -239,15 +250,15 @@ class _Checks:
         # which checks blocked the GPUs that are otherwise usable: every one is named in the message
         bits = ((sized & ~self.units_ok).any(axis=1) * 1 + (sized & ~self.memory_ok).any(axis=1) * 2
                 + (sized & ~self.pool_ok).any(axis=1) * 4)
-        return np.select(
-            [~node_pool_ok,
-             (self.model_ok.sum(axis=1) == 0) if has_models else np.zeros(len(node_pool_ok), dtype=bool),
-             self.static.sum(axis=1) < k,
-             sized.sum(axis=1) < k,
-             self.eligible.sum(axis=1) >= k],
-            [POOL, MODEL, TOO_FEW, TOO_BIG, FIT],
-            default=RESOLVABLE + bits,
-        )
+        # the first that holds wins: node pool, model, too few GPUs, too small GPUs, fit, else the blocking bits
+        codes = RESOLVABLE + bits
+        codes[self.eligible.sum(axis=1) >= k] = FIT
+        codes[sized.sum(axis=1) < k] = TOO_BIG
+        codes[self.static.sum(axis=1) < k] = TOO_FEW
+        if has_models:
+            codes[self.model_ok.sum(axis=1) == 0] = MODEL
+        codes[~node_pool_ok] = POOL
+        return codes
 
 
 class _Explainer:

@@ -112,6 +112,9 @@ class Policy(ABC):
     """A placement policy: one scoring rule used for both the node score and the GPU choice."""
 
     name: ClassVar[str]
+    # True when a node's score and GPU choice depend only on that node's ledger row, cluster-wide constants and
+    # the pod's shape (not its identity): the simulator may then reuse a node's answer until its row changes.
+    node_local: ClassVar[bool] = True
 
     @abstractmethod
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...
@@ -130,6 +133,11 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros(np.broadcast(numerator, denominator).shape)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+def cpu_left(view: View, need: Need) -> np.ndarray:
+    """Per node, host CPU left after placing the pod; 0 where the core does not account CPU (extender nodes)."""
+    return np.where(view.cpu_total >= 0, view.cpu_free - need.cpu_milli, 0)
 
 
 def allocated_fraction(view: View, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:

@@ -1,24 +1,49 @@
 """best-fit: the tightest fit, measured in absolute leftover (the FGD paper simulator's BestFit).
 
 Leftover is scaled by the largest node in the cluster, not by the node itself, so a small node left nearly
-full beats a big node left half full (this is what separates best-fit from binpack):
+full beats a big node left half full (this is what separates best-fit from binpack). ``dims`` says which two
+resources are weighed, half each:
+
+* ``"units+memory"`` (default, the extender's): GPU units and GPU memory, as the core accounts them::
 
     node score = 10 * (1 - 0.5 * (free units - requested) / max node units
                          - 0.5 * (free MiB - requested) / max node MiB)
     e.g. largest node 800 units / 128000 MiB; node with 150 units and 20000 MiB free, ask 100 + 8000:
          10 * (1 - 0.5 * 50 / 800 - 0.5 * 12000 / 128000) = 10 * (1 - 0.03125 - 0.046875) = 9.21875
-    GPU preference = -(units left after placing), memory left as a fraction below one unit to break ties.
+
+* ``"cpu+units"``: host CPU and GPU units, the FGD paper's simulator (it does not model GPU memory)::
+
+    node score = 10 * (1 - 0.5 * (free CPU - requested) / max node CPU - 0.5 * (free units - requested) / max units)
+    e.g. largest node 128000 milli-CPU / 8000 units; node with 32000 CPU and 1500 units free, ask 8000 + 500:
+         10 * (1 - 0.5 * 24000 / 128000 - 0.5 * 1000 / 8000) = 10 * (1 - 0.09375 - 0.0625) = 8.4375
+    (nodes whose CPU the core does not account, the extender's, weigh GPU units alone)
+
+GPU preference, both: -(units left after placing), memory left as a fraction below one unit to break ties.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View, ratio
+from .base import MAX_SCORE, Need, Policy, View, cpu_left, ratio
+
+DIMS = ("units+memory", "cpu+units")
+
+
+def check_dims(policy: str, dims: str) -> str:
+    if dims not in DIMS:
+        raise ValueError(f"{policy}: dims must be one of {', '.join(DIMS)}, not {dims!r}")
+    return dims
 
 
 class BestFit(Policy):
     name = "best-fit"
+
+    def __init__(self, dims: str = "units+memory") -> None:
+        self.dims = check_dims(self.name, dims)
+
+    def describe(self) -> str:
+        return self.name if self.dims == DIMS[0] else f"{self.name}(dims={self.dims})"
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         units_left = view.free_units - need.units
@@ -28,6 +53,9 @@ class BestFit(Policy):
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
         max_units, max_mem = view.ledger.max_node_capacity()
         units_left = (np.clip(view.free_units, 0, None) - take_units).sum(axis=1)
-        memory_left = (np.clip(view.free_mem, 0, None) - take_mem).sum(axis=1)
-        leftover = 0.5 * ratio(units_left, max_units) + 0.5 * ratio(memory_left, max_mem)
+        if self.dims == "cpu+units":
+            other = ratio(cpu_left(view, need), view.ledger.max_node_cpu())
+        else:
+            other = ratio((np.clip(view.free_mem, 0, None) - take_mem).sum(axis=1), max_mem)
+        leftover = 0.5 * ratio(units_left, max_units) + 0.5 * other
         return MAX_SCORE * np.clip(1.0 - leftover, 0.0, 1.0)

@@ -1,13 +1,20 @@
-"""dot-product (Tetris-style alignment, as the FGD paper's simulator defines it).
+"""dot-product (Tetris-style alignment, as the FGD paper's simulator defines it): the larger the dot product of
+the node's free vector and the pod's request, the lower the score. ``dims`` says which vectors:
 
-Per GPU, the free vector and the request vector are each normalised by that GPU's capacity over the
-dimensions {units, memory}; the GPU's score is one minus their mean product, so the GPU whose free space the
-request would use least "in the same direction" wins (the paper's simulator: "the larger the dot product, the
-lower the score"), and the node scores by its best GPU set:
+* ``"units+memory"`` (default, the extender's): per GPU, over {units, memory}, each normalised by that GPU's
+  capacity; the node scores by the GPUs the pod would take, and the GPU whose free space the request would use
+  least "in the same direction" is taken first::
 
     gpu score  = 1 - (free_u/U * req_u/U + free_m/M * req_m/M) / 2
     e.g. U=100, M=16000: free 60 units / 8000 MiB, ask 40 / 4000: 1 - (0.6*0.4 + 0.5*0.25)/2 = 0.8175
     node score = 10 * mean of the gpu scores of the GPUs the pod would take
+
+* ``"cpu+units"``: the paper's simulator (``merge`` GPU dimension, ``max`` normalisation): one vector per node,
+  {host CPU, all free GPU units}, normalised by the largest node; GPUs are taken tightest fit first::
+
+    node score = 10 * (1 - (free CPU/C * req CPU/C + free units/G * req units/G) / 2)
+    e.g. C=128000, G=8000: free 64000 CPU / 4000 units, ask 16000 / 1000:
+         10 * (1 - (0.5*0.125 + 0.5*0.125)/2) = 9.375
 """
 
 from __future__ import annotations
@@ -15,10 +22,17 @@ from __future__ import annotations
 import numpy as np
 
 from .base import MAX_SCORE, Need, Policy, View, ratio
+from .best_fit import DIMS, check_dims
 
 
 class DotProduct(Policy):
     name = "dot-product"
+
+    def __init__(self, dims: str = "units+memory") -> None:
+        self.dims = check_dims(self.name, dims)
+
+    def describe(self) -> str:
+        return self.name if self.dims == DIMS[0] else f"{self.name}(dims={self.dims})"
 
     def _gpu_scores(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         units = view.units_per_gpu
@@ -28,9 +42,19 @@ class DotProduct(Policy):
         return 1.0 - dot / 2.0
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+        if self.dims == "cpu+units":
+            return -view.free_units.astype(np.float64)
         return self._gpu_scores(view, need, memory)
 
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+        if self.dims == "cpu+units":
+            max_units, _ = view.ledger.max_node_capacity()
+            max_cpu = view.ledger.max_node_cpu()
+            free_cpu = np.where(view.cpu_total >= 0, view.cpu_free, 0)
+            free_units = np.clip(view.free_units, 0, None).sum(axis=1)
+            dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
+                   + ratio(free_units, max_units) * ratio(take_units.sum(axis=1), max_units))
+            return MAX_SCORE * np.clip(1.0 - dot / 2.0, 0.0, 1.0)
         taken = take_units > 0
         scores = self._gpu_scores(view, need, take_mem)
         return MAX_SCORE * np.clip(ratio((scores * taken).sum(axis=1), taken.sum(axis=1)), 0.0, 1.0)

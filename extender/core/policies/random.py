@@ -30,6 +30,7 @@ def unit_interval(x: np.ndarray) -> np.ndarray:
 
 class Random(Policy):
     name = "random"
+    node_local = False  # the draw depends on the pod's identity
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)

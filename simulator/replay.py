@@ -1,0 +1,203 @@
+"""The *replay* experiment: the trace's own arrivals and durations, with the arrival rate scaled.
+
+Arrivals come ``arrival_scale`` times faster than in the trace (the real timestamps load the openb cluster to
+about 1%); durations are the trace's. A pod that does not fit waits; whenever a pod completes, the pending pods
+are retried at that instant in arrival order (kube-scheduler moves unschedulable pods back to its active queue on
+a pod deletion; its backoff timers are not modelled). Within one retry round, once a pod of some shape fails the
+others of the same shape are not tried again (the same shape fits nowhere the first did not).
+
+Reported per policy: queueing delay (placement time - arrival, p50/p99/max, simulated seconds), pods placed,
+pods still pending at the end, retries, GPU allocation over time (time-weighted mean and peak) and pending pods
+over time.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster, TieBreak, percent
+from .experiments import PolicyFactory, workload_of
+from .trace import SimPod, load_jsonl, load_openb_nodes, load_openb_pods
+
+
+@dataclass
+class ReplayResult:
+    policy: str
+    seed: int
+    arrival_scale: float
+    pods: int
+    placed: int = 0
+    retries: int = 0  # placement attempts of pods that had waited
+    delays: list[float] = field(default_factory=list)  # per placed pod
+    failed: Counter = field(default_factory=Counter)  # first refusal of each pod that had to wait, by reason
+    timeline: list[tuple[float, float, int]] = field(default_factory=list)  # (time, allocated %, pending)
+    pending_at_end: int = 0
+
+    def delay(self, q: float) -> float:
+        return float(np.percentile(self.delays, q)) if self.delays else float("nan")
+
+    def mean_allocation(self) -> float:
+        """Time-weighted mean GPU allocation (%) from the first arrival to the last event."""
+        if len(self.timeline) < 2:
+            return self.timeline[0][1] if self.timeline else 0.0
+        times = np.array([t for t, _, _ in self.timeline])
+        alloc = np.array([a for _, a, _ in self.timeline])
+        spans = np.diff(times)
+        return float((alloc[:-1] * spans).sum() / spans.sum()) if spans.sum() > 0 else float(alloc[-1])
+
+
+def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arrival_scale: float = 100.0,
+           tie_break: TieBreak = "first", coverage: float = 0.95, name: str | None = None,
+           observer: Callable[[float, SimCluster], None] | None = None) -> ReplayResult:
+    """Replay ``pods``; ``observer(time, cluster)`` is called after every event (tests check invariants there)."""
+    if not arrival_scale > 0:
+        raise ValueError(f"arrival scale must be positive, not {arrival_scale}")
+    rng = random.Random(seed)
+    policy = make(seed, workload_of(pods, coverage))
+    cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break)
+    ordered = sorted(pods, key=lambda p: (p.arrival, p.name))
+    start = ordered[0].arrival if ordered else 0.0
+    queue = EventQueue()
+    arrived_at: dict[str, float] = {}
+    for pod in ordered:
+        queue.push((pod.arrival - start) / arrival_scale, ARRIVE, pod)
+    result = ReplayResult(policy=name or policy.describe(), seed=seed, arrival_scale=arrival_scale, pods=len(pods))
+    pending: list[SimPod] = []
+    retry_at: float | None = None
+
+    def place(pod: SimPod, now: float) -> bool:
+        outcome = cluster.place(pod, pod.name)
+        if outcome.node is None:
+            return False
+        result.placed += 1
+        result.delays.append(now - arrived_at[pod.name])
+        if pod.duration is not None:
+            queue.push(now + pod.duration, COMPLETE, pod)
+        return True
+
+    while queue:
+        now, kind, event = queue.pop()
+        if kind == ARRIVE:
+            arrived_at[event.name] = now
+            outcome = cluster.place(event, event.name)
+            if outcome.node is None:
+                result.failed[outcome.reason] += 1
+                pending.append(event)
+            else:
+                result.placed += 1
+                result.delays.append(0.0)
+                if event.duration is not None:
+                    queue.push(now + event.duration, COMPLETE, event)
+        elif kind == COMPLETE:
+            cluster.remove(event.name)
+            if pending and retry_at != now:
+                retry_at = now
+                queue.push(now, RETRY, None)
+        else:
+            failed_shapes: set[tuple] = set()
+            still = []
+            for pod in pending:
+                key = pod.shape_key
+                if key in failed_shapes:
+                    still.append(pod)
+                    continue
+                result.retries += 1
+                if not place(pod, now):
+                    failed_shapes.add(key)
+                    still.append(pod)
+            pending = still
+        if observer is not None:
+            observer(now, cluster)
+        point = (now, percent(cluster.allocated, cluster.gpu_capacity), len(pending))
+        if result.timeline and result.timeline[-1][0] == now:
+            result.timeline[-1] = point
+        else:
+            result.timeline.append(point)
+    result.pending_at_end = len(pending)
+    return result
+
+
+def _load_pods(path: str | None) -> list[SimPod]:
+    if path and path.endswith(".jsonl"):
+        return load_jsonl(path)
+    return load_openb_pods(path)
+
+
+def run_replays(specs, args) -> list[ReplayResult]:
+    nodes, pods = load_openb_nodes(args.nodes), _load_pods(args.pods)
+    results = [replay(nodes, pods, spec, seed=args.seed, arrival_scale=args.arrival_scale,
+                      tie_break=args.tie_break, name=spec.label) for spec in specs]
+    write_replay(results, args.out, plots=not args.no_plots)
+    return results
+
+
+def rows(results: Sequence[ReplayResult]) -> list[dict]:
+    return [{
+        "policy": r.policy, "pods": r.pods, "placed": r.placed, "pending at end": r.pending_at_end,
+        "waited": sum(r.failed.values()), "retries": r.retries,
+        "delay p50 s": f"{r.delay(50):.1f}", "delay p99 s": f"{r.delay(99):.1f}",
+        "delay max s": f"{max(r.delays, default=float('nan')):.1f}",
+        "GPU alloc mean %": f"{r.mean_allocation():.2f}",
+        "GPU alloc peak %": f"{max((a for _, a, _ in r.timeline), default=0.0):.2f}",
+        "peak pending": max((p for _, _, p in r.timeline), default=0),
+    } for r in results]
+
+
+def format_replay(results: Sequence[ReplayResult]) -> str:
+    from .compare import format_table
+
+    scale = results[0].arrival_scale if results else 0
+    return f"replay, arrivals x{scale:g}, seed {results[0].seed if results else '-'}\n" + format_table(rows(results))
+
+
+def write_replay(results: Sequence[ReplayResult], out: Path, *, plots: bool = True) -> None:
+    from .compare import markdown_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(results)
+    with open(out / "replay.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    with open(out / "timeline.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["policy", "time_s", "allocated_pct", "pending"])
+        for r in results:
+            for t, a, p in r.timeline:
+                writer.writerow([r.policy, f"{t:.3f}", f"{a:.4f}", p])
+    lines = ["# fracgpu-sim replay", "",
+             f"Trace arrivals {results[0].arrival_scale:g}x faster, durations as in the trace, seed "
+             f"{results[0].seed}. Delays in simulated seconds.", "", markdown_table(table)]
+    if plots:
+        _plot(results, out)
+        lines += ["", "![timeline](timeline.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot(results: Sequence[ReplayResult], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for r in results:
+        hours = [t / 3600 for t, _, _ in r.timeline]
+        top.step(hours, [a for _, a, _ in r.timeline], where="post", label=r.policy, linewidth=1)
+        bottom.step(hours, [p for _, _, p in r.timeline], where="post", label=r.policy, linewidth=1)
+    top.set_ylabel("GPU allocation (%)")
+    bottom.set_ylabel("pending pods")
+    bottom.set_xlabel("simulated time (hours)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=120)
+    plt.close(fig)
