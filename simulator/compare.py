@@ -59,6 +59,7 @@ def run_all(specs: Sequence[PolicySpec], seeds: Sequence[int], settings: Setting
             progress: bool = True) -> list[InflationResult]:
     """Every (policy, seed), in parallel processes; results in (policy, seed) order whatever finished first."""
     tasks = [(spec, seed) for spec in specs for seed in seeds]
+    _load(settings)  # bad files fail here, once, with their message (forked workers inherit the loaded trace)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     results: dict[tuple[str, int], InflationResult] = {}
     bar = tqdm(total=len(tasks), unit="run", disable=not progress, desc="inflation")

@@ -1,0 +1,247 @@
+"""The paper's baselines as parameters of the core's policies, the per-shape cache, the replay experiment, the
+``fracgpu-sim`` command line, and the DESIGN.md invariants at every event of random simulations."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from extender.core import Ledger, evaluate
+from extender.core.ledger import UNACCOUNTED
+from extender.core.policies import POLICIES, make_policy
+from simulator import cli
+from simulator.engine import SimCluster
+from simulator.experiments import inflation
+from simulator.policies import PAPER, resolve
+from simulator.replay import replay
+from simulator.synthetic import synthetic_trace
+from simulator.trace import SETTINGS, SimPod, dump_jsonl, sim_node
+
+from test_simulator import cpu_pod, small_trace
+
+
+def ledger_of(*nodes):
+    ledger = Ledger(SETTINGS)
+    for node in nodes:
+        ledger.upsert_node(node)
+    return ledger
+
+
+def score(ledger, pod, policy, node):
+    evaluation = evaluate(ledger, pod.request(pod.name), [node], policy)
+    return evaluation.score_of(node)
+
+
+def hold(ledger, pod, node, policy):
+    request = pod.request(pod.name)
+    ledger.reserve(evaluate(ledger, request, [node], policy).placement(node).assignment(request, "test"))
+
+
+# ------------------------------------------------------------------ the paper's definitions
+def test_best_fit_on_cpu_and_units_worked_example():
+    big = sim_node("big", cpu_milli=128000, memory_mib=1 << 20, gpus=8, model="G2")
+    node = sim_node("n", cpu_milli=32000, memory_mib=1 << 20, gpus=2, model="G2")
+    ledger = ledger_of(big, node)
+    hold(ledger, cpu_pod("x", 0, gpus=1, milli=500), "n", make_policy("best-fit"))  # 1500 units left
+    pod = cpu_pod("p", 8000, gpus=1, milli=500)
+    # 10 * (1 - 0.5 * 24000/128000 - 0.5 * 1000/8000) = 8.4375 (the docstring's example)
+    assert score(ledger, pod, make_policy("best-fit", dims="cpu+units"), "n") == pytest.approx(8.4375)
+    assert score(ledger, pod, make_policy("best-fit"), "n") != pytest.approx(8.4375)  # GPU memory instead of CPU
+
+
+def test_dot_product_on_cpu_and_units_worked_example():
+    big = sim_node("big", cpu_milli=128000, memory_mib=1 << 20, gpus=8, model="G2")
+    node = sim_node("n", cpu_milli=64000, memory_mib=1 << 20, gpus=4, model="G2")
+    ledger = ledger_of(big, node)
+    pod = cpu_pod("p", 16000, gpus=1, milli=1000)
+    # free (64000, 4000) over (128000, 8000) = (0.5, 0.5); ask (0.125, 0.125): 10 * (1 - 0.125/2) = 9.375
+    assert score(ledger, pod, make_policy("dot-product", dims="cpu+units"), "n") == pytest.approx(9.375)
+
+
+def test_gpu_clustering_by_kind_counts_every_share_as_one_kind():
+    a = sim_node("a", cpu_milli=64000, memory_mib=1 << 20, gpus=8, model="G2")
+    b = sim_node("b", cpu_milli=64000, memory_mib=1 << 20, gpus=8, model="G2")
+    ledger = ledger_of(a, b)
+    packing = make_policy("gpu-packing")
+    hold(ledger, cpu_pod("s", 0, gpus=1, milli=250), "a", packing)  # a: one shared-GPU pod
+    hold(ledger, cpu_pod("w", 0, gpus=2, milli=1000), "b", packing)  # b: one 2-GPU pod
+    by_kind, by_share = make_policy("gpu-clustering", affinity="kind"), make_policy("gpu-clustering")
+    share = cpu_pod("p", 0, gpus=1, milli=500)
+    # kind: a 500-unit pod joins the 250-unit pod's kind -> top band (7.5 + fullness); by share: other share -> 0
+    assert score(ledger, share, by_kind, "a") == pytest.approx(7.5 + 2.5 * 250 / 8000)
+    assert score(ledger, share, by_share, "a") == pytest.approx(2.5 * 250 / 8000)
+    two = cpu_pod("q", 0, gpus=2, milli=1000)
+    assert score(ledger, two, by_kind, "b") == pytest.approx(7.5 + 2.5 * 2000 / 8000)
+    assert score(ledger, cpu_pod("c", 1000), by_kind, "b") == 0.0  # no GPU: 0 everywhere, as in the paper
+    ledger.release("w")
+    assert ledger.kind_count[ledger.row_of("b")].sum() == 0
+
+
+def test_unknown_parameters_and_values_are_named():
+    with pytest.raises(ValueError, match="dims must be one of"):
+        make_policy("best-fit", dims="cpu")
+    with pytest.raises(ValueError, match="affinity must be one of"):
+        make_policy("gpu-clustering", affinity="model")
+    with pytest.raises(ValueError, match="takes no parameter"):
+        resolve("gpu-packing:dims=cpu+units")
+    assert resolve("best-fit:dims=cpu+units").build(0, []).describe() == "best-fit(dims=cpu+units)"
+
+
+# ------------------------------------------------------------------ the per-shape cache decides as evaluate does
+@pytest.mark.parametrize("label", [*PAPER, *(f"core:{name}" for name in POLICIES)])
+def test_cached_and_uncached_placement_decide_alike(label, monkeypatch):
+    nodes, pods = small_trace(3)
+    spec = resolve(label)
+    runs = []
+    for cache in (True, False):
+        original = SimCluster.__init__
+        monkeypatch.setattr(SimCluster, "__init__",
+                            lambda self, *a, _c=cache, **k: original(self, *a, **{**k, "cache": _c}))
+        runs.append(inflation(nodes, pods, spec, seed=5, ratio=1.5))
+        monkeypatch.setattr(SimCluster, "__init__", original)
+    assert runs[0] == runs[1]
+
+
+# ------------------------------------------------------------------ replay
+def test_replay_waits_then_places_when_capacity_frees():
+    node = sim_node("n", cpu_milli=16000, memory_mib=65536, gpus=1, model="G2")
+    pods = [SimPod("a", 1000, 1024, 1, 1000, arrival=0.0, duration=100.0),
+            SimPod("b", 1000, 1024, 1, 600, arrival=10.0, duration=50.0),
+            SimPod("c", 1000, 1024, 1, 400, arrival=20.0, duration=None)]
+    result = replay([node], pods, PAPER["best-fit"], seed=1, arrival_scale=1.0)
+    assert result.placed == 3 and result.pending_at_end == 0
+    assert sorted(result.delays) == [0.0, 80.0, 90.0]  # b and c wait until a completes at t=100
+    assert result.failed and result.retries >= 2
+    assert result.timeline[-1][1] == pytest.approx(40.0)  # c runs on: 400 of 1000 units
+    faster = replay([node], pods, PAPER["best-fit"], seed=1, arrival_scale=10.0)
+    assert max(faster.delays) > max(result.delays)  # same work, arrivals ten times closer: longer waits
+
+
+# ------------------------------------------------------------------ command line
+def write_openb(tmp_path, nodes=6, pods=60, seed=0):
+    rng = random.Random(seed)
+    node_csv = tmp_path / "nodes.csv"
+    with open(node_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sn", "cpu_milli", "memory_mib", "gpu", "model"])
+        for i in range(nodes):
+            w.writerow([f"node-{i}", 64000, 262144, rng.choice([2, 4, 8]), "G2"])
+    pod_csv = tmp_path / "pods.csv"
+    with open(pod_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "qos", "pod_phase",
+                    "creation_time", "deletion_time", "scheduled_time"])
+        for i in range(pods):
+            gpus = rng.choice([0, 1, 1, 2])
+            w.writerow([f"pod-{i}", rng.choice([1000, 4000]), 4096, gpus,
+                        0 if not gpus else (1000 if gpus > 1 else rng.choice([250, 500, 1000])), "", "LS", "Running",
+                        i * 10, i * 10 + 500, ""])
+    return node_csv, pod_csv
+
+
+def test_compare_writes_results_report_and_plots(tmp_path, capsys):
+    nodes, pods = write_openb(tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["compare", "--nodes", str(nodes), "--pods", str(pods), "--policies", "best-fit,fgd,random",
+                     "--seeds", "42-44", "--jobs", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["policy"], r["seed"]) for r in rows] == [(p, str(s)) for p in ("best-fit", "fgd", "random")
+                                                        for s in (42, 43, 44)]
+    assert all(0 <= float(r["unallocated_at_100_pct"]) <= 100 for r in rows)
+    report = (out / "report.md").read_text()
+    assert "| best-fit | 3 |" in report and "7.14" in report  # our mean beside the paper's figure
+    for png in ("allocation.png", "fragmentation.png", "unallocated.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "unallocated % (mean)" in printed and "fgd" in printed
+
+
+def test_replay_and_synth_commands(tmp_path, capsys):
+    nodes, _ = write_openb(tmp_path)
+    pods = tmp_path / "synth.jsonl"
+    assert cli.main(["synth", "--pods", "80", "--seed", "3", "--out", str(pods)]) == 0
+    assert len(pods.read_text().splitlines()) == 80
+    out = tmp_path / "replay"
+    assert cli.main(["replay", "--nodes", str(nodes), "--pods", str(pods), "--policies", "fgd,gpu-packing",
+                     "--arrival-scale", "5", "--out", str(out)]) == 0
+    table = list(csv.DictReader(open(out / "replay.csv")))
+    assert [r["policy"] for r in table] == ["fgd", "gpu-packing"]
+    assert all(int(r["placed"]) + int(r["pending at end"]) == 80 for r in table)
+    assert (out / "timeline.png").exists() and "delay p99 s" in capsys.readouterr().out
+
+
+def run_cli(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        return exit_.code
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--seeds", "9-3"], "seeds: expected"),
+    (["compare", "--policies", "tetris", "--quiet"], "unknown policy 'tetris'"),
+    (["compare", "--pods", "/nonexistent.csv", "--quiet"], "nonexistent.csv"),
+    (["replay", "--arrival-scale", "0", "--pods", "PODS"], "arrival scale must be positive"),
+])
+def test_bad_input_is_named_with_exit_status_2(argv, message, tmp_path, capsys):
+    _, pods = write_openb(tmp_path)
+    argv = [str(pods) if a == "PODS" else a for a in argv] + ["--out", str(tmp_path / "o")]
+    assert run_cli(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ invariants at every event (DESIGN.md 1, 5, 6)
+def check_invariants(time, cluster):
+    ledger = cluster.ledger
+    rows = cluster._rows
+    # 1: per GPU, units and memory within capacity; host CPU and memory within the node's
+    assert (ledger.used_units[rows] <= ledger.offered_units[rows]).all()
+    assert (ledger.used_mem[rows] <= ledger.mem_usable[rows]).all()
+    accounted = ledger.cpu_total[rows] != UNACCOUNTED
+    assert (ledger.cpu_used[rows][accounted] <= ledger.cpu_total[rows][accounted]).all()
+    assert (ledger.host_mem_used[rows] <= np.maximum(ledger.host_mem_total[rows], 0)).all()
+    # the simulator's own count agrees with the ledger's
+    assert cluster.allocated == int(ledger.used_units[rows].sum())
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), label=st.sampled_from(sorted(PAPER)), scale=st.sampled_from([1.0, 20.0, 500.0]))
+def test_invariants_hold_at_every_event_of_random_replays(seed, label, scale):
+    nodes, _ = small_trace(seed % 7)
+    pods = synthetic_trace(120, seed=seed, rate=0.05, median_duration=600)
+    events, clusters = [], []
+    result = replay(nodes, pods, PAPER[label], seed=seed, arrival_scale=scale,
+                    observer=lambda t, c: (check_invariants(t, c), events.append(t), clusters.append(c)))
+    assert events == sorted(events) and len(events) >= len(pods)
+    assert result.placed + result.pending_at_end == len(pods)
+    assert all(d >= 0 for d in result.delays)
+    # 5: releasing returns everything: synthetic pods all end, so the cluster ends empty (pods that fit no
+    # node, a model the cluster lacks, stay pending)
+    ledger = clusters[-1].ledger
+    assert result.timeline[-1][1] == 0.0
+    assert ledger.used_units.sum() == ledger.used_mem.sum() == ledger.cpu_used.sum() == ledger.host_mem_used.sum() == 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), label=st.sampled_from(sorted(PAPER)))
+def test_same_seed_same_replay_bit_for_bit(seed, label):
+    nodes, _ = small_trace(seed % 5)
+    pods = synthetic_trace(80, seed=seed, rate=0.1)
+    first = replay(nodes, pods, PAPER[label], seed=seed, arrival_scale=3.0)
+    again = replay(nodes, pods, PAPER[label], seed=seed, arrival_scale=3.0)
+    assert first == again
+
+
+def test_synthetic_trace_is_seeded_and_round_trips(tmp_path):
+    a, b = synthetic_trace(200, seed=4), synthetic_trace(200, seed=4)
+    assert a == b and a != synthetic_trace(200, seed=5)
+    assert {p.gpu_count for p in a} >= {0, 1, 2} and any(p.models for p in a)
+    path = tmp_path / "t.jsonl"
+    dump_jsonl(a, path)
+    assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == [p.name for p in a]
