@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The FGD paper's six policies x 10 seeds on the embedded openb trace, on every core (a few minutes): prints
+# the table and writes sim-results/ (results.csv, curves.csv, report.md, plots).
 demo: $(STAMP)
-	$(PY) -m simulator.demo
+	$(VENV)/bin/fracgpu-sim compare --out sim-results
 
 # The end-to-end tests need kube-apiserver, kube-scheduler and etcd built from pinned upstream sources (Go).
 # Built once into .cache/ (about 5 minutes cold, under a second once built). A failed build does not stop
@@ -28,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_filter.py
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_sim.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .cache

@@ -13,6 +13,7 @@ from extender.core.cluster import build_ledger
 from extender.core.policies import POLICIES, Policy
 from extender.core.resources import PodRequest
 
+from .compare import format_table
 from .synthetic import synthetic_cluster, synthetic_workload
 
 
@@ -42,12 +43,7 @@ def summary_row(ledger: Ledger, placed: int, pending: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    headers = list(rows[0])
-    widths = [max(len(str(h)), *(len(str(r[h])) for r in rows)) for h in headers]
-    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths)))
+    print(format_table(rows))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@
 Tie-break (reported with every result, since published numbers depend on it):
 
 * ``random`` (default): scores are first cut to ``resolution`` (0.1 on the 0..10 scale is the published
-  simulator's integer 0..100 score), then one of the tied nodes is drawn with the run's seeded RNG, as
-  kube-scheduler's ``selectHost`` does;
+  simulator's integer 0..100 score; not for policies whose ``integer_scores`` is false, the random policy),
+  then one of the tied nodes is drawn with the run's seeded RNG, as kube-scheduler's ``selectHost`` does;
 * ``first``: the first tied node in cluster order; ``name``: the smallest name.
 """
 
@@ -178,7 +178,9 @@ class SimCluster:
             self.allocated -= self._held.pop(uid)
 
     def _cut(self, scores: np.ndarray) -> np.ndarray:
-        return np.floor(scores / self.resolution + 1e-9) if self.resolution else scores
+        if self.resolution and self.policy.integer_scores:
+            return np.floor(scores / self.resolution + 1e-9)
+        return scores
 
     def _choose(self, fits: list[str], scores: np.ndarray) -> str:
         positions = np.fromiter((self._position[n] for n in fits), dtype=np.int64, count=len(fits))

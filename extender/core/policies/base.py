@@ -115,6 +115,9 @@ class Policy(ABC):
     # True when a node's score and GPU choice depend only on that node's ledger row, cluster-wide constants and
     # the pod's shape (not its identity): the simulator may then reuse a node's answer until its row changes.
     node_local: ClassVar[bool] = True
+    # True when the published simulator scores this policy in integer steps of its 0..100 scale (0.1 here) and
+    # its ties decide: the simulator then compares scores in those steps.
+    integer_scores: ClassVar[bool] = True
 
     @abstractmethod
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...

@@ -31,6 +31,7 @@ def unit_interval(x: np.ndarray) -> np.ndarray:
 class Random(Policy):
     name = "random"
     node_local = False  # the draw depends on the pod's identity
+    integer_scores = False  # the paper gives one uniformly drawn node the top score: a continuous draw, no ties
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
