@@ -169,7 +169,7 @@ class SimCluster:
         if not len(fitting):
             return None, evaluation, _commonest(entry.misfit_counts())
         node = self._pick(fitting, entry.scores[fitting])
-        if evaluation is None or node not in evaluation._explainer.index:
+        if evaluation is None or not evaluation.evaluated(node):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None
 

@@ -86,7 +86,8 @@ class Evaluation:
     """The answer for one pod over a list of candidate nodes (see module docstring)."""
 
     def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, failed: dict[str, str],
-                 unresolvable: dict[str, str], explainer: "_Explainer", rejections: dict[str, int] | None = None) -> None:
+                 unresolvable: dict[str, str], explainer: "_Explainer", rejections: dict[str, int] | None = None,
+                 codes: np.ndarray | None = None) -> None:
         self.pod = pod
         self.rejections = rejections or {}  # misfit category -> number of nodes (for metrics)
         self.fits = fits
@@ -94,7 +95,7 @@ class Evaluation:
         self.failed = failed
         self.unresolvable = unresolvable
         self._explainer = explainer
-        self._codes: tuple[list[str], np.ndarray] = ([], np.zeros(0, dtype=np.int64))  # known nodes, their codes
+        self._codes = codes if codes is not None else np.zeros(0, dtype=np.int64)  # per evaluated node
 
     def score_of(self, node: str) -> float:
         return float(self.scores[self.fits.index(node)])
@@ -116,11 +117,14 @@ class Evaluation:
 
     def misfit_codes(self) -> tuple[list[str], np.ndarray]:
         """The known candidate nodes that do not fit and each one's misfit code (:func:`misfit_category` names it)."""
-        known, codes = self._codes
-        if not len(known):
-            return [], codes
+        if not len(self._codes):
+            return [], self._codes
         misfits = np.flatnonzero(~self._explainer.fit)
-        return [known[i] for i in misfits.tolist()], codes[misfits]
+        return [self._explainer.names[i] for i in misfits.tolist()], self._codes[misfits]
+
+    def evaluated(self, node: str) -> bool:
+        """Whether this evaluation looked at ``node`` (a candidate with an inventory)."""
+        return node in self._explainer.index
 
     def misfit(self, node: str) -> Misfit:
         """Every reason this node does not fit."""
@@ -172,9 +176,7 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
             rejections[label] = rejections.get(label, 0) + count
         for i, code in zip(misfits.tolist(), codes[misfits].tolist()):
             (failed if code >= RESOLVABLE else unresolvable)[known[i]] = texts[code]
-    evaluation = Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections)
-    evaluation._codes = (known, codes)
-    return evaluation
+    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections, codes)
 
 
 def misfit_category(code: int) -> str:
