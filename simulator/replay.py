@@ -7,8 +7,8 @@ a pod deletion; its backoff timers are not modelled). Within one retry round, on
 others of the same shape are not tried again (the same shape fits nowhere the first did not).
 
 Reported per policy: queueing delay (placement time - arrival, p50/p99/max, simulated seconds), pods placed,
-pods still pending at the end, retries, GPU allocation over time (time-weighted mean and peak) and pending pods
-over time.
+pods still pending at the end, retries, GPU allocation over time (time-weighted mean while the trace arrives,
+and peak) and pending pods over time.
 """
 
 from __future__ import annotations
@@ -39,18 +39,22 @@ class ReplayResult:
     failed: Counter = field(default_factory=Counter)  # first refusal of each pod that had to wait, by reason
     timeline: list[tuple[float, float, int]] = field(default_factory=list)  # (time, allocated %, pending)
     pending_at_end: int = 0
+    last_arrival: float = 0.0  # simulated time of the last arrival
 
     def delay(self, q: float) -> float:
         return float(np.percentile(self.delays, q)) if self.delays else float("nan")
 
     def mean_allocation(self) -> float:
-        """Time-weighted mean GPU allocation (%) from the first arrival to the last event."""
-        if len(self.timeline) < 2:
-            return self.timeline[0][1] if self.timeline else 0.0
-        times = np.array([t for t, _, _ in self.timeline])
-        alloc = np.array([a for _, a, _ in self.timeline])
+        """Time-weighted mean GPU allocation (%) while the trace arrives (first to last arrival): over the whole
+        run the long-running pods' tail would dominate, and the mean would not depend on the arrival scale."""
+        end = self.last_arrival
+        points = [(t, a) for t, a, _ in self.timeline if t <= end]
+        if not points:
+            return 0.0
+        times = np.array([t for t, _ in points] + [end])
+        alloc = np.array([a for _, a in points])
         spans = np.diff(times)
-        return float((alloc[:-1] * spans).sum() / spans.sum()) if spans.sum() > 0 else float(alloc[-1])
+        return float((alloc * spans).sum() / spans.sum()) if spans.sum() > 0 else float(alloc[-1])
 
 
 def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arrival_scale: float = 100.0,
@@ -68,7 +72,8 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
     arrived_at: dict[str, float] = {}
     for pod in ordered:
         queue.push((pod.arrival - start) / arrival_scale, ARRIVE, pod)
-    result = ReplayResult(policy=name or policy.describe(), seed=seed, arrival_scale=arrival_scale, pods=len(pods))
+    result = ReplayResult(policy=name or policy.describe(), seed=seed, arrival_scale=arrival_scale, pods=len(pods),
+                          last_arrival=(ordered[-1].arrival - start) / arrival_scale if ordered else 0.0)
     pending: list[SimPod] = []
     retry_at: float | None = None
 
@@ -144,7 +149,7 @@ def rows(results: Sequence[ReplayResult]) -> list[dict]:
         "waited": sum(r.failed.values()), "retries": r.retries,
         "delay p50 s": f"{r.delay(50):.1f}", "delay p99 s": f"{r.delay(99):.1f}",
         "delay max s": f"{max(r.delays, default=float('nan')):.1f}",
-        "GPU alloc mean %": f"{r.mean_allocation():.2f}",
+        "GPU alloc mean % (arrivals)": f"{r.mean_allocation():.2f}",
         "GPU alloc peak %": f"{max((a for _, a, _ in r.timeline), default=0.0):.2f}",
         "peak pending": max((p for _, _, p in r.timeline), default=0),
     } for r in results]
