@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML file of settings (keys as the flags, with _ or -)")
     serve.add_argument("--policy", help="default placement policy (a pod may choose with fracgpu.io/policy)")
     serve.add_argument("--seed", type=int, help="seed of the random policy")
+    serve.add_argument("--fgd-window", type=int, dest="fgd_window",
+                       help="fgd policy: its target workload is the shapes of the last N GPU pods seen (1000)")
     serve.add_argument("--units-per-gpu", type=int, dest="units_per_gpu")
     serve.add_argument("--vgpu-resource", dest="vgpu_resource")
     serve.add_argument("--memory-resource", dest="memory_resource")

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core import CoreSettings
-from ..core.policies import POLICIES
+from ..core.policies import POLICIES, WORKLOAD_POLICIES
 
 
 class SettingsError(ValueError):
@@ -39,12 +39,13 @@ class ExtenderSettings(BaseModel):
     kubeconfig: Path | None = None
     max_body_mib: int = Field(default=64, ge=1)
     pod_cache_seconds: float = Field(default=600.0, gt=0)
+    fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
 
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
-        if value not in POLICIES:
-            raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted(POLICIES))}")
+        if value not in POLICIES and value not in WORKLOAD_POLICIES:
+            raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted({*POLICIES, *WORKLOAD_POLICIES}))}")
         return value
 
     @field_validator("listen")

@@ -12,7 +12,7 @@ from .base import MAX_SCORE, Need, Policy, View
 from .best_fit import BestFit
 from .binpack import Binpack
 from .dot_product import DotProduct
-from .fgd import Fgd, target_workload
+from .fgd import Fgd, RecentShapes, target_workload
 from .first_fit import FirstFit
 from .gpu_clustering import GpuClustering
 from .gpu_packing import GpuPacking
@@ -25,8 +25,8 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 DEFAULT_POLICY = "binpack"
-# Policies that need a target workload to be built (the simulator passes the trace's); not yet offered by the
-# extender, which will build it from recently seen pods.
+# Policies that need a target workload to be built: the simulator passes the trace's, the extender the shapes of
+# the pods it saw last (RecentShapes).
 WORKLOAD_POLICIES: dict[str, type[Policy]] = {Fgd.name: Fgd}
 
 
@@ -45,5 +45,5 @@ def make_policy(name: str, **params: object) -> Policy:
     return cls(**params)
 
 
-__all__ = ["MAX_SCORE", "POLICIES", "WORKLOAD_POLICIES", "DEFAULT_POLICY", "Need", "Policy", "View", "make_policy",
-           "target_workload"]
+__all__ = ["MAX_SCORE", "POLICIES", "WORKLOAD_POLICIES", "DEFAULT_POLICY", "Need", "Policy", "RecentShapes", "View",
+           "make_policy", "target_workload"]

@@ -22,7 +22,7 @@ row version, so only nodes that changed since are computed again.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -52,6 +52,33 @@ def target_workload(shapes: Iterable[Shape], coverage: float = 0.95) -> list[tup
         chosen.append((shape, count))
         covered += count
     return [(*shape, count / covered) for shape, count in chosen]
+
+
+class RecentShapes:
+    """The shapes of the last ``window`` GPU pods seen: the extender's target workload for FGD. A count window,
+    not a time window, so the same sequence of pods gives the same workload (no clock in the core)."""
+
+    def __init__(self, window: int = 1000, coverage: float = 0.95) -> None:
+        if window < 1:
+            raise ValueError(f"FGD window must be at least 1 pod, not {window}")
+        if not 0 < coverage <= 1:
+            raise ValueError(f"FGD coverage must be in (0, 1], not {coverage}")
+        self._shapes: deque[Shape] = deque(maxlen=window)
+        self.coverage = coverage
+        self.version = 0  # bumped by every observation: a policy built at an older version is out of date
+
+    def observe(self, shape: Shape) -> None:
+        self._shapes.append(shape)
+        self.version += 1
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def workload(self, units_per_gpu: int) -> list[tuple[int, int, int, tuple[str, ...] | None, float]]:
+        """The target workload of the window; before any pod is seen, whole-GPU pods."""
+        if not self._shapes:
+            return [(0, 1, units_per_gpu, None, 1.0)]
+        return target_workload(self._shapes, self.coverage)
 
 
 class Fgd(Policy):
