@@ -6,7 +6,9 @@
 * :class:`SimCluster`: a :class:`~extender.core.Ledger` of the cluster's nodes; :meth:`SimCluster.place` runs
   :func:`~extender.core.evaluate` over every node, picks the best score with the configured tie-break, takes the
   GPUs :meth:`~extender.core.placement.Evaluation.placement` chose and reserves them: the same steps as the
-  extender's Filter, Prioritize and Bind.
+  extender's Filter, Prioritize and Bind. For ``node_local`` policies it keeps, per pod shape, every node's last
+  answer with the ledger row version it was computed at, and evaluates again only the nodes whose row changed
+  (``cache=False`` evaluates every node at every pod; both decide alike, as a test checks for every policy).
 
 Tie-break (reported with every result, since published numbers depend on it):
 
