@@ -320,7 +320,11 @@ class _Explainer:
         memory_free = memory_total - self.ledger.host_mem_used.take(self.rows)
         cpu_bad = (view.cpu_total >= 0) & (view.cpu_free < pod.cpu_milli)
         memory_bad = (memory_total >= 0) & (memory_free < pod.memory_mib)
-        return np.select([cpu_bad & memory_bad, cpu_bad, memory_bad], [HOST_BOTH, HOST_CPU, HOST_MEM], FIT)
+        codes = np.full(len(self.names), FIT, dtype=np.int64)
+        codes[memory_bad] = HOST_MEM
+        codes[cpu_bad] = HOST_CPU
+        codes[cpu_bad & memory_bad] = HOST_BOTH
+        return codes
 
     def _with_host(self, codes: np.ndarray) -> np.ndarray:
         host = self.host_codes()
