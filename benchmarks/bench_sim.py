@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulator import engine  # noqa: E402
 from simulator.experiments import inflation  # noqa: E402
 from simulator.policies import PAPER  # noqa: E402
 from simulator.trace import load_openb_nodes, load_openb_pods  # noqa: E402
@@ -32,18 +31,9 @@ def repeat_nodes(nodes, times):
 
 
 def timed(nodes, pods, label, cache):
-    original = engine.SimCluster.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **{**kwargs, "cache": cache})
-
-    engine.SimCluster.__init__ = init
-    try:
-        start = time.perf_counter()
-        result = inflation(nodes, pods, PAPER[label], seed=42)
-        return time.perf_counter() - start, result
-    finally:
-        engine.SimCluster.__init__ = original
+    start = time.perf_counter()
+    result = inflation(nodes, pods, PAPER[label], seed=42, cache=cache)
+    return time.perf_counter() - start, result
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ def inflate(pods: Sequence[SimPod], capacity: int, ratio: float, rng: random.Ran
 
 def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: PolicyFactory, *, seed: int,
               ratio: float = 1.3, tie_break: TieBreak = "first", node_order: str = "shuffled",
-              coverage: float = 0.95, name: str | None = None) -> InflationResult:
+              coverage: float = 0.95, name: str | None = None, cache: bool = True) -> InflationResult:
     if node_order not in ("shuffled", "as-given"):
         raise ValueError(f"node_order must be shuffled or as-given, not {node_order!r}")
     rng = random.Random(seed)
@@ -98,7 +98,7 @@ def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: Poli
     nodes = list(nodes)
     if node_order == "shuffled":
         rng.shuffle(nodes)
-    cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break)
+    cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break, cache=cache)
     meter = Fgd(workload)
     queue = EventQueue()
     for i, pod in enumerate(order):

@@ -77,9 +77,11 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
     pending: list[SimPod] = []
     retry_at: float | None = None
 
-    def place(pod: SimPod, now: float) -> bool:
+    def place(pod: SimPod, now: float, arriving: bool) -> bool:
         outcome = cluster.place(pod, pod.name)
         if outcome.node is None:
+            if arriving:
+                result.failed[outcome.reason] += 1  # a pod's first refusal, on arrival
             return False
         result.placed += 1
         result.delays.append(now - arrived_at[pod.name])
@@ -91,15 +93,8 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
         now, kind, event = queue.pop()
         if kind == ARRIVE:
             arrived_at[event.name] = now
-            outcome = cluster.place(event, event.name)
-            if outcome.node is None:
-                result.failed[outcome.reason] += 1
+            if not place(event, now, arriving=True):
                 pending.append(event)
-            else:
-                result.placed += 1
-                result.delays.append(0.0)
-                if event.duration is not None:
-                    queue.push(now + event.duration, COMPLETE, event)
         elif kind == COMPLETE:
             cluster.remove(event.name)
             if pending and retry_at != now:
@@ -114,7 +109,7 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
                     still.append(pod)
                     continue
                 result.retries += 1
-                if not place(pod, now):
+                if not place(pod, now, arriving=False):
                     failed_shapes.add(key)
                     still.append(pod)
             pending = still
