@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from extender.core import Ledger, evaluate
 from extender.core.policies import make_policy
@@ -119,6 +120,28 @@ def test_fgd_fragmentation_worked_example():
     access = np.ones((1, 1), dtype=bool)
     assert fgd.fragmentation(free, np.array([4000]), access).tolist() == [300.0]
     assert fgd.fragmentation(free, np.array([500]), access).tolist() == [1300.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_fgd_fragmentation_after_one_gpu_equals_summing_again(data):
+    # the incremental update FGD scores one-GPU pods with must equal fragmentation() of the changed node
+    shapes = data.draw(st.lists(st.tuples(st.integers(0, 8000), st.integers(0, 3), st.integers(0, 1000)),
+                                min_size=1, max_size=6))
+    fgd = Fgd([(cpu, count, units, None, 1.0 / len(shapes)) for cpu, count, units in shapes])
+    n, width = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 8))
+    free = np.array(data.draw(st.lists(st.lists(st.integers(-100, 1000), min_size=width, max_size=width),
+                                       min_size=n, max_size=n)))
+    cpu = np.array(data.draw(st.lists(st.integers(0, 16000), min_size=n, max_size=n)))
+    access = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=len(shapes), max_size=len(shapes)),
+                                         min_size=n, max_size=n)))
+    units, cpu_milli = data.draw(st.integers(1, 1000)), data.draw(st.integers(0, 8000))
+    before, after = fgd.fragmentation_after_one(free, cpu, access, units, cpu_milli)
+    assert np.array_equal(before, fgd.fragmentation(free, cpu, access))
+    for g in range(width):
+        changed = np.maximum(free, 0)
+        changed[:, g] -= units
+        assert np.array_equal(after[:, g], fgd.fragmentation(changed, cpu - cpu_milli, access))
 
 
 def test_fgd_prefers_the_gpu_whose_leftover_the_workload_can_still_use():

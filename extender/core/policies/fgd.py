@@ -117,15 +117,38 @@ class Fgd(Policy):
 
     def fragmentation(self, free: np.ndarray, cpu_free: np.ndarray, access: np.ndarray) -> np.ndarray:
         """F for each row of ``free`` (…, GPUs) with ``cpu_free`` (…) and ``access`` (…, shapes)."""
-        free = np.clip(free, 0, None)
-        total = free.sum(axis=-1)[..., None]                                     # (…, 1)
-        units = self.units
-        below = free[..., :, None] < units                                        # (…, G, S)
+        free = np.maximum(free, 0)
+        below = free[..., :, None] < self.units                                   # (…, G, S)
         stranded = (free[..., :, None] * below).sum(axis=-2)                      # (…, S)
-        enough = (~below).sum(axis=-2) >= self.count                              # (…, S)
-        satisfied = enough & access & (cpu_free[..., None] >= self.cpu) & (units > 0)
-        per_shape = np.where(satisfied, stranded, total)
-        return per_shape @ self.p
+        usable = (~below).sum(axis=-2)                                            # (…, S)
+        return self._weigh(stranded, usable, free.sum(axis=-1), cpu_free, access)
+
+    def _weigh(self, stranded: np.ndarray, usable: np.ndarray, total: np.ndarray, cpu_free: np.ndarray,
+               access: np.ndarray) -> np.ndarray:
+        """Σ_s p_s · f_s from each shape's stranded units and usable GPUs (…, S) and the free total (…)."""
+        satisfied = (usable >= self.count) & access & (cpu_free[..., None] >= self.cpu) & (self.units > 0)
+        # a sum along the last axis, not a matrix product: BLAS may sum in another order for another shape of
+        # array, and the same node must score the same whether it is computed alone or among others
+        return (np.where(satisfied, stranded, total[..., None]) * self.p).sum(axis=-1)
+
+    def fragmentation_after_one(self, free: np.ndarray, cpu_free: np.ndarray, access: np.ndarray, units: int,
+                                cpu_milli: int) -> tuple[np.ndarray, np.ndarray]:
+        """(F now (n,), F after a pod of ``units`` on one GPU and ``cpu_milli`` CPU, on each GPU in turn (n, G)),
+        for rows of ``free`` (n, G).
+
+        The same sums as :meth:`fragmentation`, updated for the one GPU that changes instead of summed again,
+        so the cost is (n, G, S) rather than (n, G, G, S)."""
+        free = np.maximum(free, 0)
+        below = free[:, :, None] < self.units                                     # (n, G, S)
+        share = free[:, :, None] * below
+        stranded, usable, total = share.sum(axis=1), (~below).sum(axis=1), free.sum(axis=1)
+        before = self._weigh(stranded, usable, total, cpu_free, access)
+        left = np.maximum(free - units, 0)                                        # (n, G): GPU g after the pod
+        below_left = left[:, :, None] < self.units
+        after = self._weigh(stranded[:, None, :] - share + left[:, :, None] * below_left,
+                            usable[:, None, :] - ~below + ~below_left,
+                            total[:, None] - free + left, (cpu_free - cpu_milli)[:, None], access[:, None, :])
+        return before, after
 
     # ------------------------------------------------------------------ policy
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
@@ -163,12 +186,9 @@ class Fgd(Policy):
             sub = View(ledger, view.rows[stale])
             access = self.shape_access(sub)
             cpu = np.where(sub.cpu_total >= 0, sub.cpu_free, np.iinfo(np.int64).max // 4)
-            free = np.clip(sub.free_units, 0, None)
-            before = self.fragmentation(free, cpu, access)                                  # (n,)
-            eye = np.eye(width, dtype=np.int64) * need.units                                # (G, G)
-            after = self.fragmentation(free[:, None, :] - eye[None], (cpu - need.cpu_milli)[:, None],
-                                       access[:, None, :])                                   # (n, G)
-            fits = free >= need.units
+            before, after = self.fragmentation_after_one(sub.free_units, cpu, access, need.units,
+                                                         need.cpu_milli)
+            fits = sub.free_units >= need.units
             rows = view.rows[stale]
             scores[rows] = np.where(fits, _score(before[:, None] - after, view.units_per_gpu), -np.inf)
             versions[rows] = current[stale]
