@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import combinations, repeat
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ RESOLVABLE = 8
 JOINT = 16
 HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
 SEARCH_BUDGET = 20_000
+_HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +84,55 @@ class Placement:
 
 
 class Evaluation:
-    """The answer for one pod over a list of candidate nodes (see module docstring)."""
+    """The answer for one pod over a list of candidate nodes (see module docstring).
 
-    def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, failed: dict[str, str],
-                 unresolvable: dict[str, str], explainer: "_Explainer", rejections: dict[str, int] | None = None,
-                 codes: np.ndarray | None = None) -> None:
+    ``failed``, ``unresolvable`` (node -> message) and ``rejections`` (misfit category -> number of nodes, for
+    metrics) are worked out from the misfit codes when first read: the simulator never reads them.
+    """
+
+    def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, explainer: "_Explainer",
+                 codes: np.ndarray | None = None, absent: dict[str, tuple[str, str]] | None = None) -> None:
         self.pod = pod
-        self.rejections = rejections or {}  # misfit category -> number of nodes (for metrics)
         self.fits = fits
         self.scores = scores
-        self.failed = failed
-        self.unresolvable = unresolvable
         self._explainer = explainer
         self._codes = codes if codes is not None else np.zeros(0, dtype=np.int64)  # per evaluated node
+        self._absent = absent or {}  # candidate without an inventory -> (category, message)
+
+    @cached_property
+    def rejections(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for label, _ in self._absent.values():
+            out[label] = out.get(label, 0) + 1
+        misfits = self._codes[~self._explainer.fit] if len(self._codes) else self._codes
+        if len(misfits):
+            kinds, counts = np.unique(misfits, return_counts=True)
+            for code, count in zip(kinds.tolist(), counts.tolist()):
+                label = misfit_category(code)
+                out[label] = out.get(label, 0) + count
+        return out
+
+    @cached_property
+    def _messages(self) -> tuple[dict[str, str], dict[str, str]]:
+        failed: dict[str, str] = {}
+        unresolvable = {name: message for name, (_, message) in self._absent.items()}
+        names, codes = self.misfit_codes()
+        if names:
+            messages = _Messages(self.pod)
+            texts = {code: messages.text(code) for code in set(codes.tolist())}
+            for name, code in zip(names, codes.tolist()):
+                (failed if code >= RESOLVABLE else unresolvable)[name] = texts[code]
+        return failed, unresolvable
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Nodes that do not fit now but could once pods leave (capacity), each with its message."""
+        return self._messages[0]
+
+    @property
+    def unresolvable(self) -> dict[str, str]:
+        """Nodes that cannot take the pod whatever leaves (pool, model, size, no inventory), with messages."""
+        return self._messages[1]
 
     def score_of(self, node: str) -> float:
         return float(self.scores[self.fits.index(node)])
@@ -138,26 +175,21 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     """Filter and score ``nodes`` for ``pod`` under ``policy`` (see module docstring)."""
     nodes = nodes if isinstance(nodes, list) else list(nodes)
     if not pod.wants_gpu and not pod.wants_host:
-        return Evaluation(pod, list(nodes), np.zeros(len(nodes)), {}, {}, _Explainer(ledger, pod, [], None))
-    failed: dict[str, str] = {}
-    unresolvable: dict[str, str] = {}
-    rejections: dict[str, int] = {}
+        return Evaluation(pod, list(nodes), np.zeros(len(nodes)), _Explainer(ledger, pod, [], None))
+    absent: dict[str, tuple[str, str]] = {}
     rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
     known = nodes
     if (rows < 0).any():
         for name, row in zip(nodes, rows.tolist()):
             if row < 0:
                 problem = ledger.problem(name)
-                label = "excluded-node" if problem else "no-inventory"
-                rejections[label] = rejections.get(label, 0) + 1
-                unresolvable[name] = (
-                    f"fracgpu: node excluded: {problem}" if problem else "fracgpu: node has no GPU inventory"
-                )
+                absent[name] = (("excluded-node", f"fracgpu: node excluded: {problem}") if problem
+                                else ("no-inventory", "fracgpu: node has no GPU inventory"))
         known = [n for n, r in zip(nodes, rows.tolist()) if r >= 0]
         rows = rows[rows >= 0]
     explainer = _Explainer(ledger, pod, known, rows)
     if not known:
-        return Evaluation(pod, [], np.zeros(0), failed, unresolvable, explainer, rejections)
+        return Evaluation(pod, [], np.zeros(0), explainer, absent=absent)
     if not pod.wants_gpu:
         fit, codes, scores = explainer.host_only(policy)
     elif pod.single is not None:
@@ -165,18 +197,14 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     else:
         fit, codes, scores = explainer.searched(policy)
     explainer.fit = fit
-    fit_names = [known[i] for i in np.flatnonzero(fit).tolist()]
-    misfits = np.flatnonzero(~fit)
-    if len(misfits):
-        messages = _Messages(pod)
-        kinds, counts = np.unique(codes[misfits], return_counts=True)
-        texts = {int(c): messages.text(int(c)) for c in kinds.tolist()}
-        for code, count in zip(kinds.tolist(), counts.tolist()):
-            label = misfit_category(code)
-            rejections[label] = rejections.get(label, 0) + count
-        for i, code in zip(misfits.tolist(), codes[misfits].tolist()):
-            (failed if code >= RESOLVABLE else unresolvable)[known[i]] = texts[code]
-    return Evaluation(pod, fit_names, scores[fit], failed, unresolvable, explainer, rejections, codes)
+    where = fit.nonzero()[0]
+    fit_names = list(known) if len(where) == len(known) else [known[i] for i in where.tolist()]
+    return Evaluation(pod, fit_names, scores[where], explainer, codes, absent)
+
+
+def _bounded(scores: np.ndarray) -> np.ndarray:
+    """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
+    return np.minimum(np.maximum(scores, 0.0), 10.0)
 
 
 def misfit_category(code: int) -> str:
@@ -320,17 +348,18 @@ class _Explainer:
         memory_free = memory_total - self.ledger.host_mem_used.take(self.rows)
         cpu_bad = (view.cpu_total >= 0) & (view.cpu_free < pod.cpu_milli)
         memory_bad = (memory_total >= 0) & (memory_free < pod.memory_mib)
-        codes = np.full(len(self.names), FIT, dtype=np.int64)
-        codes[memory_bad] = HOST_MEM
-        codes[cpu_bad] = HOST_CPU
-        codes[cpu_bad & memory_bad] = HOST_BOTH
-        return codes
+        return _HOST_CODES.take(cpu_bad * 1 + memory_bad * 2)
 
-    def _with_host(self, codes: np.ndarray) -> np.ndarray:
+    def _with_host(self, fit: np.ndarray, codes: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, misfit codes) from the GPU checks' ``fit`` and host resources; ``codes()`` (the GPU checks'
+        codes) is asked for only when some node does not fit."""
         host = self.host_codes()
-        bad = (codes == FIT) & (host != FIT)
-        codes[bad] = host[bad]
-        return codes
+        if self.pod.wants_host:
+            fit = fit & (host == FIT)
+        if fit.all():
+            return fit, np.zeros(len(fit), dtype=np.int64)
+        codes = codes()
+        return fit, np.where(codes == FIT, host, codes)
 
     # -------------------------------------------------------------- no GPU: host resources only (simulator)
     def host_only(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -340,7 +369,7 @@ class _Explainer:
         zeros = np.zeros(shape, dtype=np.int64)
         need = Need(ContainerNeed("host", "app", 0, 0, 0), self.pod_hash, self.pod.cpu_milli)
         scores = policy.node_score(self.view, need, zeros, zeros) if fit.any() else np.zeros(len(fit))
-        return fit, codes, np.clip(scores, 0.0, 10.0)
+        return fit, codes, _bounded(scores)
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -348,8 +377,8 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        codes = self._with_host(checks.codes(self.node_pool_ok, self.pod.models is not None))
-        fit = codes == FIT
+        fit, codes = self._with_host((checks.eligible.sum(axis=1) >= container.count) & self.node_pool_ok,
+                                     lambda: checks.codes(self.node_pool_ok, self.pod.models is not None))
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
@@ -365,7 +394,7 @@ class _Explainer:
             take_units[row_ix, cols] = container.units
             take_mem[row_ix, cols] = checks.memory[row_ix, cols]
         scores = policy.node_score(self.view, checks.need, take_units, take_mem) if fit.any() else np.zeros(len(fit))
-        return fit, codes, np.clip(scores, 0.0, 10.0)
+        return fit, codes, _bounded(scores)
 
     # -------------------------------------------------------------- several containers, node by node
     def searched(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -378,7 +407,7 @@ class _Explainer:
         for container_codes in per_container:
             bad = (container_codes != FIT) & (codes == FIT)
             codes[bad] = container_codes[bad]
-        codes = self._with_host(codes)
+        _, codes = self._with_host(codes == FIT, lambda: codes)
         preferences = [
             np.where(c.eligible, policy.gpu_preference(self.view, c.need, c.memory), -np.inf) for c in self.checks
         ]
@@ -393,7 +422,7 @@ class _Explainer:
             take_units, take_mem = self._take(int(i), found)
             sub = View(self.ledger, self.rows[i : i + 1])
             scores[i] = policy.node_score(sub, self.checks[largest].need, take_units[None], take_mem[None])[0]
-        return codes == FIT, codes, np.clip(scores, 0.0, 10.0)
+        return codes == FIT, codes, _bounded(scores)
 
     def _take(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
         width = self.view.free_units.shape[1]

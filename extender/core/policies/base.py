@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -28,7 +27,15 @@ MAX_SCORE = 10.0
 
 
 class View:
-    """Per-GPU arrays of the candidate nodes (rows of the ledger), gathered on first use."""
+    """Per-GPU arrays of the candidate nodes (rows of the ledger), each gathered on first use.
+
+    ``free_units``, ``free_mem``, ``offered_units``, ``mem_usable``, ``used_units``, ``used_mem``, ``pods``,
+    ``gpu_shape`` (nodes, GPUs); ``cpu_total`` (nodes: host CPU in milli-cores, -1 where the core does not
+    account it, the extender's nodes), ``cpu_free`` (nodes) and ``positions`` (nodes, GPUs: the GPU's column).
+    """
+
+    _GATHERED = frozenset({"free_units", "free_mem", "offered_units", "mem_usable", "used_units", "used_mem", "pods",
+                           "gpu_shape", "cpu_total"})
 
     def __init__(self, ledger: "Ledger", rows: np.ndarray) -> None:
         self.ledger = ledger
@@ -38,50 +45,18 @@ class View:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @cached_property
-    def free_units(self) -> np.ndarray:
-        return self.ledger.free_units.take(self.rows, axis=0)
-
-    @cached_property
-    def free_mem(self) -> np.ndarray:
-        return self.ledger.free_mem.take(self.rows, axis=0)
-
-    @cached_property
-    def offered_units(self) -> np.ndarray:
-        return self.ledger.offered_units.take(self.rows, axis=0)
-
-    @cached_property
-    def mem_usable(self) -> np.ndarray:
-        return self.ledger.mem_usable.take(self.rows, axis=0)
-
-    @cached_property
-    def used_units(self) -> np.ndarray:
-        return self.ledger.used_units.take(self.rows, axis=0)
-
-    @cached_property
-    def used_mem(self) -> np.ndarray:
-        return self.ledger.used_mem.take(self.rows, axis=0)
-
-    @cached_property
-    def pods(self) -> np.ndarray:
-        return self.ledger.pods.take(self.rows, axis=0)
-
-    @cached_property
-    def gpu_shape(self) -> np.ndarray:
-        return self.ledger.gpu_shape.take(self.rows, axis=0)
-
-    @cached_property
-    def cpu_total(self) -> np.ndarray:
-        """Per node, host CPU in milli-cores; -1 where the core does not account it (extender nodes)."""
-        return self.ledger.cpu_total.take(self.rows)
-
-    @cached_property
-    def cpu_free(self) -> np.ndarray:
-        return self.cpu_total - self.ledger.cpu_used.take(self.rows)
-
-    @cached_property
-    def positions(self) -> np.ndarray:
-        return np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
+    def __getattr__(self, name: str) -> np.ndarray:
+        # called only while the attribute is not yet set: gather it once (cheaper than cached_property's lock)
+        if name in View._GATHERED:
+            value = getattr(self.ledger, name).take(self.rows, axis=0)
+        elif name == "cpu_free":
+            value = self.cpu_total - self.ledger.cpu_used.take(self.rows)
+        elif name == "positions":
+            value = np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
+        else:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.__dict__[name] = value
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +108,10 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0 (a node without usable memory, say)."""
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
-    out = np.zeros(np.broadcast(numerator, denominator).shape)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+    if denominator.ndim == 0:  # a cluster-wide scale
+        return numerator / denominator if denominator > 0 else np.zeros(numerator.shape)
+    shape = numerator.shape if numerator.shape == denominator.shape else np.broadcast(numerator, denominator).shape
+    return np.divide(numerator, denominator, out=np.zeros(shape), where=denominator > 0)
 
 
 def cpu_left(view: View, need: Need) -> np.ndarray:
@@ -147,11 +123,11 @@ def allocated_fraction(view: View, take_units: np.ndarray, take_mem: np.ndarray)
     """Per node, the mean over {units, memory} of (charged + requested) / capacity, in [0, 1]."""
     units = ratio((view.used_units + take_units).sum(axis=1), view.offered_units.sum(axis=1))
     memory = ratio((view.used_mem + take_mem).sum(axis=1), view.mem_usable.sum(axis=1))
-    return np.clip((units + memory) / 2.0, 0.0, 1.0)
+    return np.minimum(np.maximum((units + memory) / 2.0, 0.0), 1.0)
 
 
 def gpu_allocated_fraction(view: View) -> np.ndarray:
     """Per GPU, the mean over {units, memory} of charged / capacity, in [0, 1]."""
     units = ratio(view.used_units, view.offered_units)
     memory = ratio(view.used_mem, view.mem_usable)
-    return np.clip((units + memory) / 2.0, 0.0, 1.0)
+    return np.minimum(np.maximum((units + memory) / 2.0, 0.0), 1.0)

@@ -52,10 +52,10 @@ class BestFit(Policy):
 
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
         max_units, max_mem = view.ledger.max_node_capacity()
-        units_left = (np.clip(view.free_units, 0, None) - take_units).sum(axis=1)
+        units_left = (np.maximum(view.free_units, 0) - take_units).sum(axis=1)
         if self.dims == "cpu+units":
             other = ratio(cpu_left(view, need), view.ledger.max_node_cpu())
         else:
-            other = ratio((np.clip(view.free_mem, 0, None) - take_mem).sum(axis=1), max_mem)
+            other = ratio((np.maximum(view.free_mem, 0) - take_mem).sum(axis=1), max_mem)
         leftover = 0.5 * ratio(units_left, max_units) + 0.5 * other
-        return MAX_SCORE * np.clip(1.0 - leftover, 0.0, 1.0)
+        return MAX_SCORE * np.minimum(np.maximum(1.0 - leftover, 0.0), 1.0)

@@ -36,8 +36,8 @@ class DotProduct(Policy):
 
     def _gpu_scores(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         units = view.units_per_gpu
-        free_u = ratio(np.clip(view.free_units, 0, None), units)
-        free_m = ratio(np.clip(view.free_mem, 0, None), view.mem_usable)
+        free_u = ratio(np.maximum(view.free_units, 0), units)
+        free_m = ratio(np.maximum(view.free_mem, 0), view.mem_usable)
         dot = free_u * (need.units / units) + free_m * ratio(memory, view.mem_usable)
         return 1.0 - dot / 2.0
 
@@ -51,7 +51,7 @@ class DotProduct(Policy):
             max_units, _ = view.ledger.max_node_capacity()
             max_cpu = view.ledger.max_node_cpu()
             free_cpu = np.where(view.cpu_total >= 0, view.cpu_free, 0)
-            free_units = np.clip(view.free_units, 0, None).sum(axis=1)
+            free_units = np.maximum(view.free_units, 0).sum(axis=1)
             dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
                    + ratio(free_units, max_units) * ratio(take_units.sum(axis=1), max_units))
             return MAX_SCORE * np.clip(1.0 - dot / 2.0, 0.0, 1.0)

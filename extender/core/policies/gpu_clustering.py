@@ -40,14 +40,14 @@ class GpuClustering(Policy):
         return self.name if self.affinity == AFFINITIES[0] else f"{self.name}(affinity={self.affinity})"
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
-        fullness = -ratio(np.clip(view.free_units, 0, None), view.units_per_gpu)
+        fullness = -ratio(np.maximum(view.free_units, 0), view.units_per_gpu)
         if self.affinity == "kind":
             return fullness
         return (view.gpu_shape == need.units).astype(np.float64) * 2.0 + fullness
 
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
         max_units, _ = view.ledger.max_node_capacity()
-        left = np.clip(view.free_units, 0, None).sum(axis=1)
+        left = np.maximum(view.free_units, 0).sum(axis=1)
         base = np.clip(2.5 * ratio(max_units - left, max_units), 0.0, 2.5)
         if self.affinity == "kind":
             if need.count == 0:

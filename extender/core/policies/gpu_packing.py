@@ -32,7 +32,7 @@ class GpuPacking(Policy):
         idle_taken = (taken & idle).sum(axis=1)
         if need.count == 0:  # a pod without GPUs: no preference, as in the paper
             return np.zeros(len(view))
-        free_percent = (np.clip(view.free_units, 0, None) * 100 // view.units_per_gpu) * taken
+        free_percent = (np.maximum(view.free_units, 0) * 100 // view.units_per_gpu) * taken
         case1 = np.maximum(100.0 - free_percent.sum(axis=1) // 10, 50.0)
         case2 = np.maximum(50.0 - idle_taken, 33.0)
         case3 = np.maximum(33.0 - idle_count, idle_count.astype(np.float64))
