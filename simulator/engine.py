@@ -24,13 +24,13 @@ import heapq
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import Evaluation, misfit_category
+from extender.core.placement import FIT, Evaluation, misfit_category
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
@@ -38,33 +38,24 @@ from .trace import SETTINGS, SimPod
 
 TieBreak = Literal["random", "first", "name"]
 COMPLETE, ARRIVE, RETRY = 0, 1, 2  # event priorities at the same instant
-FITS = -1  # _ShapeEntry.code of a node that fits
-
-
-@dataclass(order=True)
-class _Entry:
-    time: float
-    priority: int
-    sequence: int
-    event: Any = field(compare=False)
 
 
 class EventQueue:
     def __init__(self) -> None:
-        self._heap: list[_Entry] = []
+        self._heap: list[tuple[float, int, int, Any]] = []  # plain tuples: compared in C, the sequence decides
         self._sequence = 0
         self.now = 0.0
 
     def push(self, time: float, priority: int, event: Any) -> None:
         if time < self.now:
             raise ValueError(f"event at {time} is before now ({self.now})")
-        heapq.heappush(self._heap, _Entry(time, priority, self._sequence, event))
+        heapq.heappush(self._heap, (time, priority, self._sequence, event))
         self._sequence += 1
 
     def pop(self) -> tuple[float, int, Any]:
-        entry = heapq.heappop(self._heap)
-        self.now = entry.time
-        return entry.time, entry.priority, entry.event
+        time, priority, _, event = heapq.heappop(self._heap)
+        self.now = time
+        return time, priority, event
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -75,12 +66,11 @@ class _ShapeEntry:
 
     def __init__(self, nodes: int) -> None:
         self.versions = np.full(nodes, -1, dtype=np.int64)
-        self.fit = np.zeros(nodes, dtype=bool)
-        self.scores = np.zeros(nodes, dtype=np.float64)
-        self.code = np.full(nodes, FITS, dtype=np.int64)  # misfit code per node
+        self.scores = np.full(nodes, -np.inf)  # the score as compared (cut); -inf where the node does not fit
+        self.code = np.full(nodes, FIT, dtype=np.int64)  # misfit code per node, FIT where it fits
 
     def misfit_counts(self) -> Counter:
-        codes, counts = np.unique(self.code[self.code != FITS], return_counts=True)
+        codes, counts = np.unique(self.code[self.code != FIT], return_counts=True)
         out: Counter = Counter()
         for code, count in zip(codes.tolist(), counts.tolist()):
             out[misfit_category(code)] += count
@@ -151,26 +141,21 @@ class SimCluster:
         entry = self._shapes.get(pod.shape_key)
         if entry is None:
             entry = self._shapes[pod.shape_key] = _ShapeEntry(len(self.names))
-        versions = self.ledger.row_version[self._rows]
-        stale = np.flatnonzero(entry.versions != versions)
+        versions = self.ledger.row_version.take(self._rows)
+        stale = (entry.versions != versions).nonzero()[0]
         evaluation = None
         if len(stale):
-            names = [self.names[i] for i in stale.tolist()]
-            evaluation = evaluate(self.ledger, request, names, self.policy)
-            entry.fit[stale] = False
+            evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
+            fit, codes = evaluation.outcome()  # every node has an inventory: one answer per stale node
+            scores = np.full(len(stale), -np.inf)
+            scores[fit] = self._cut(evaluation.scores)
+            entry.scores[stale] = scores
+            entry.code[stale] = codes
             entry.versions[stale] = versions[stale]
-            if evaluation.fits:
-                positions = [self._position[n] for n in evaluation.fits]
-                entry.fit[positions] = True
-                entry.scores[positions] = self._cut(evaluation.scores)
-                entry.code[positions] = FITS
-            misfits, codes = evaluation.misfit_codes()
-            if misfits:
-                entry.code[[self._position[n] for n in misfits]] = codes
-        fitting = np.flatnonzero(entry.fit)
-        if not len(fitting):
+        best = entry.scores.max()
+        if best == -np.inf:
             return None, evaluation, _commonest(entry.misfit_counts())
-        node = self._pick(fitting, entry.scores[fitting])
+        node = self._tied(np.flatnonzero(entry.scores == best))
         if evaluation is None or not evaluation.evaluated(node):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None
@@ -186,11 +171,11 @@ class SimCluster:
 
     def _choose(self, fits: list[str], scores: np.ndarray) -> str:
         positions = np.fromiter((self._position[n] for n in fits), dtype=np.int64, count=len(fits))
-        return self._pick(positions, self._cut(scores))
+        scores = self._cut(scores)
+        return self._tied(positions[scores == scores.max()])
 
-    def _pick(self, positions: np.ndarray, scores: np.ndarray) -> str:
-        """Among fitting nodes (positions in cluster order, ascending) the best score, ties by ``tie_break``."""
-        tied = positions[scores == scores.max()]
+    def _tied(self, tied: np.ndarray) -> str:
+        """One of the fitting nodes with the best score (positions in cluster order, ascending), by ``tie_break``."""
         if len(tied) == 1 or self.tie_break == "first":
             return self.names[int(tied[0])]
         if self.tie_break == "name":
@@ -199,7 +184,7 @@ class SimCluster:
 
     def free_units_by_node(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(free units per GPU (nodes, GPUs), free CPU per node, rows) for metrics."""
-        rows = np.array([self.ledger.row_of(n) for n in self.names])
+        rows = self._rows
         free = np.where(self.ledger.offered_units[rows] > 0, self.ledger.free_units[rows], 0)
         cpu = self.ledger.cpu_total[rows] - self.ledger.cpu_used[rows]
         return free, cpu, rows

@@ -159,6 +159,12 @@ class Evaluation:
         misfits = np.flatnonzero(~self._explainer.fit)
         return [self._explainer.names[i] for i in misfits.tolist()], self._codes[misfits]
 
+    def outcome(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per evaluated candidate (those with an inventory, in candidate order): whether it fits, and its misfit
+        code (``FIT`` where it fits; :func:`misfit_category` names the others)."""
+        codes = self._codes if len(self._codes) else np.zeros(len(self._explainer.fit), dtype=np.int64)
+        return self._explainer.fit, codes
+
     def evaluated(self, node: str) -> bool:
         """Whether this evaluation looked at ``node`` (a candidate with an inventory)."""
         return node in self._explainer.index
