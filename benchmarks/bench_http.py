@@ -61,6 +61,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
@@ -158,9 +167,15 @@ def main() -> None:
         print(f"  filter      p50 {pct(f, .5):.2f} ms  p99 {pct(f, .99):.2f} ms")
         print(f"  prioritize  p50 {pct(p, .5):.2f} ms  p99 {pct(p, .99):.2f} ms")
         print(f"  pair        p50 {pct(pair, .5):.2f} ms  p99 {pct(pair, .99):.2f} ms  -> {1 / statistics.fmean(pair):.0f} pairs/s")
+        cpu_before = cpu_seconds(server.pid)
         _, _, pair_c, rate = asyncio.run(drive(base, payloads, args.in_flight))
+        cpu_after = cpu_seconds(server.pid)
         print(f"sustained with {args.in_flight} in flight: {rate:.0f} filter+prioritize pairs/s "
               f"(pair p99 {pct(pair_c, .99):.2f} ms)")
+        if cpu_before is not None and cpu_after is not None:
+            per_pair = (cpu_after - cpu_before) / len(payloads)
+            print(f"  server CPU per pair {per_pair * 1e3:.2f} ms: one core serves at most {1 / per_pair:.0f} pairs/s "
+                  f"(the client shares this machine's {os.cpu_count()} cores)")
     finally:
         server.terminate()
         server.wait(10)

@@ -274,6 +274,27 @@ async def test_a_pod_is_parsed_once_per_version(aiohttp_client, monkeypatch):
     assert len(parsed) == 2 and "must be a multiple of 100" in result["FailedAndUnresolvableNodes"]["a"]
 
 
+async def test_prioritize_reuses_its_cycles_filter_while_the_ledger_is_unchanged(aiohttp_client, monkeypatch):
+    from extender.api import service
+
+    evaluated = []
+    real = service.evaluate
+    monkeypatch.setattr(service, "evaluate", lambda *a: evaluated.append(a[1].name) or real(*a))
+    client, ext, source = await start(aiohttp_client, NODES[:2])
+    p, q = gpu_pod("p", units=50), gpu_pod("q", units=30)
+    await post(client, "filter", filter_args(p, names=["a", "b"]))
+    await post(client, "filter", filter_args(q, names=["a", "b"]))  # another cycle in between
+    first = await post(client, "prioritize", filter_args(p, names=["a", "b"]))
+    await post(client, "prioritize", filter_args(q, names=["b"]))  # a subset: the scheduler dropped one
+    assert evaluated == ["p", "q"]
+    holder = gpu_pod("holder", units=100)
+    source.add_pod(holder)
+    assert (await post(client, "bind", bind_args(holder, "b")))["Error"] == ""
+    again = await post(client, "prioritize", filter_args(p, names=["a", "b"]))
+    assert evaluated == ["p", "q", "p"]  # the ledger changed: evaluated afresh, and b is now full
+    assert again != first and again[1] == {"Host": "b", "Score": 0}
+
+
 async def test_filter_catches_up_before_saying_a_pod_fits_nowhere(aiohttp_client):
     # The deletion that frees the GPU is "in flight": the source delivers it only when asked to catch up,
     # as a watch event the API server already sent would arrive. Filter must see it before rejecting.

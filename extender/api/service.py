@@ -13,6 +13,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
+
 from ..core import (
     Assignment,
     CorruptAnnotation,
@@ -48,6 +50,7 @@ from .wire import (
 )
 
 log = logging.getLogger("fracgpu.extender")
+KEPT_EVALUATIONS = 8  # Filter answers kept for the Prioritize calls of the same cycles
 
 
 class BadRequest(ValueError):
@@ -80,7 +83,9 @@ class Extender:
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._pods: dict[str, dict] = {}  # uid -> pod, for bind lookups and preemption priorities
         self._node_raw: dict[str, object] = {}  # node -> last inventory annotation read (non-cache mode)
-        self._last: tuple[str, int, Evaluation] | None = None  # this cycle's evaluation, for Prioritize
+        # Filter's recent evaluations by pod UID, for Prioritize of the same cycle; a few, so that cycles that
+        # overlap (several scheduler profiles or replicas) still find theirs. Valid while the ledger is unchanged.
+        self._recent_evaluations: OrderedDict[str, tuple[int, Evaluation]] = OrderedDict()
 
     # ------------------------------------------------------------------ cluster feed (ClusterSink)
     def on_node(self, node: Mapping) -> None:
@@ -128,7 +133,7 @@ class Extender:
         if not request.wants_gpu:
             return self._filter_result(names, node_objects, {}, {})
         evaluation = evaluate(self.ledger, request, names, self._policy(request))
-        self._last = (request.uid, self.ledger.generation, evaluation)
+        self._keep_evaluation(request.uid, evaluation)
         for label, count in evaluation.rejections.items():
             self.metrics.rejected(label, count)
         self.metrics.decisions.labels("filter", "fit").inc(len(evaluation.fits))
@@ -157,15 +162,28 @@ class Extender:
         request, error = self._remember(args.pod)
         if error is not None or not request.wants_gpu:
             return [(n, 0) for n in names]
-        last = self._last
-        if last is not None and last[0] == request.uid and last[1] == self.ledger.generation \
-                and set(names) <= set(last[2].fits):
-            evaluation = last[2]
-        else:
+        evaluation = None
+        generation, kept = self._recent_evaluations.get(request.uid, (None, None))
+        if kept is not None and generation == self.ledger.generation:
+            fits = kept.fits  # this cycle's Filter answer; the scheduler's own filters may have dropped some
+            if names == fits or set(names) <= set(fits):
+                evaluation = kept
+        if evaluation is None:
             evaluation = evaluate(self.ledger, request, names, self._policy(request))
-        scores = dict(zip(evaluation.fits, evaluation.scores.tolist()))
-        top = MAX_EXTENDER_PRIORITY
-        return [(n, min(top, max(0, round(scores.get(n, 0.0))))) for n in names]
+        if names == evaluation.fits:  # the usual case: the scores are already in the candidates' order
+            scores = evaluation.scores
+        else:
+            by_name = dict(zip(evaluation.fits, evaluation.scores.tolist()))
+            scores = np.array([by_name.get(n, 0.0) for n in names], dtype=np.float64)
+        # rint rounds half to even, as round() does
+        return list(zip(names, np.rint(np.clip(scores, 0, MAX_EXTENDER_PRIORITY)).astype(np.int64).tolist()))
+
+    def _keep_evaluation(self, uid: str, evaluation: Evaluation) -> None:
+        recent = self._recent_evaluations
+        recent[uid] = (self.ledger.generation, evaluation)
+        recent.move_to_end(uid)
+        while len(recent) > KEPT_EVALUATIONS:
+            recent.popitem(last=False)
 
     async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
         uid, node = args.pod_uid, args.node
