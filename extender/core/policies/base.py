@@ -41,6 +41,8 @@ class View:
         self.ledger = ledger
         self.rows = rows
         self.units_per_gpu = ledger.units_per_gpu
+        # a policy's scratch space for this one evaluation (the ledger does not change while a view is in use)
+        self.memo: dict = {}
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -97,6 +97,8 @@ class Fgd(Policy):
         self.units = np.array([w[2] for w in rows], dtype=np.int64)
         self.models = [tuple(w[3]) if w[3] else None for w in rows]
         self.p = np.array([w[4] for w in rows], dtype=np.float64)
+        # the per-GPU sums depend on a shape's share alone: computed once per distinct share, then spread
+        self._shares, self._share_of = np.unique(self.units, return_inverse=True)
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # pod shape -> (row version, per-GPU score)
 
     def describe(self) -> str:
@@ -118,15 +120,20 @@ class Fgd(Policy):
     def fragmentation(self, free: np.ndarray, cpu_free: np.ndarray, access: np.ndarray) -> np.ndarray:
         """F for each row of ``free`` (…, GPUs) with ``cpu_free`` (…) and ``access`` (…, shapes)."""
         free = np.maximum(free, 0)
-        below = free[..., :, None] < self.units                                   # (…, G, S)
-        stranded = (free[..., :, None] * below).sum(axis=-2)                      # (…, S)
-        usable = (~below).sum(axis=-2)                                            # (…, S)
-        return self._weigh(stranded, usable, free.sum(axis=-1), cpu_free, access)
+        below = free[..., :, None] < self._shares                                 # (…, G, shares)
+        stranded = (free[..., :, None] * below).sum(axis=-2)                      # (…, shares)
+        usable = (~below).sum(axis=-2)
+        return self._weigh(stranded, usable, free.sum(axis=-1), self._node_ok(cpu_free, access))
 
-    def _weigh(self, stranded: np.ndarray, usable: np.ndarray, total: np.ndarray, cpu_free: np.ndarray,
-               access: np.ndarray) -> np.ndarray:
-        """Σ_s p_s · f_s from each shape's stranded units and usable GPUs (…, S) and the free total (…)."""
-        satisfied = (usable >= self.count) & access & (cpu_free[..., None] >= self.cpu) & (self.units > 0)
+    def _node_ok(self, cpu_free: np.ndarray, access: np.ndarray) -> np.ndarray:
+        """(…, shapes): may the shape run on the node at all (model, CPU, and it asks for a GPU)."""
+        return access & (cpu_free[..., None] >= self.cpu) & (self.units > 0)
+
+    def _weigh(self, stranded: np.ndarray, usable: np.ndarray, total: np.ndarray, node_ok: np.ndarray) -> np.ndarray:
+        """Σ_s p_s · f_s from the stranded units and usable GPUs per distinct share (…, shares), the free total
+        (…) and ``node_ok`` (…, shapes)."""
+        stranded, usable = stranded.take(self._share_of, axis=-1), usable.take(self._share_of, axis=-1)
+        satisfied = (usable >= self.count) & node_ok
         # a sum along the last axis, not a matrix product: BLAS may sum in another order for another shape of
         # array, and the same node must score the same whether it is computed alone or among others
         return (np.where(satisfied, stranded, total[..., None]) * self.p).sum(axis=-1)
@@ -137,17 +144,17 @@ class Fgd(Policy):
         for rows of ``free`` (n, G).
 
         The same sums as :meth:`fragmentation`, updated for the one GPU that changes instead of summed again,
-        so the cost is (n, G, S) rather than (n, G, G, S)."""
+        so the cost is (n, G, shares) rather than (n, G, G, shares)."""
         free = np.maximum(free, 0)
-        below = free[:, :, None] < self.units                                     # (n, G, S)
+        below = free[:, :, None] < self._shares                                   # (n, G, shares)
         share = free[:, :, None] * below
         stranded, usable, total = share.sum(axis=1), (~below).sum(axis=1), free.sum(axis=1)
-        before = self._weigh(stranded, usable, total, cpu_free, access)
+        before = self._weigh(stranded, usable, total, self._node_ok(cpu_free, access))
         left = np.maximum(free - units, 0)                                        # (n, G): GPU g after the pod
-        below_left = left[:, :, None] < self.units
+        below_left = left[:, :, None] < self._shares
         after = self._weigh(stranded[:, None, :] - share + left[:, :, None] * below_left,
                             usable[:, None, :] - ~below + ~below_left,
-                            total[:, None] - free + left, (cpu_free - cpu_milli)[:, None], access[:, None, :])
+                            total[:, None] - free + left, self._node_ok(cpu_free - cpu_milli, access)[:, None, :])
         return before, after
 
     # ------------------------------------------------------------------ policy
@@ -167,7 +174,12 @@ class Fgd(Policy):
         return _score(before - after, view.units_per_gpu)
 
     def _single_gpu_scores(self, view: View, need: Need) -> np.ndarray:
-        """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, cached per row version."""
+        """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, cached per row version (and per
+        view: gpu_preference and node_score of one evaluation ask for the same)."""
+        memo_key = (id(self), need.units, need.cpu_milli)
+        known = view.memo.get(memo_key)
+        if known is not None:
+            return known
         ledger = view.ledger
         if getattr(self, "_ledger", None) is not ledger:  # row versions belong to one ledger
             self._cache.clear()
@@ -192,7 +204,8 @@ class Fgd(Policy):
             rows = view.rows[stale]
             scores[rows] = np.where(fits, _score(before[:, None] - after, view.units_per_gpu), -np.inf)
             versions[rows] = current[stale]
-        return scores.take(view.rows, axis=0)
+        view.memo[memo_key] = out = scores.take(view.rows, axis=0)
+        return out
 
 
 def _score(decrease: np.ndarray, units_per_gpu: int) -> np.ndarray:
