@@ -30,7 +30,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import FIT, Evaluation, misfit_category
+from extender.core.placement import FIT, Evaluation, misfit_counts
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
@@ -70,11 +70,7 @@ class _ShapeEntry:
         self.code = np.full(nodes, FIT, dtype=np.int64)  # misfit code per node, FIT where it fits
 
     def misfit_counts(self) -> Counter:
-        codes, counts = np.unique(self.code[self.code != FIT], return_counts=True)
-        out: Counter = Counter()
-        for code, count in zip(codes.tolist(), counts.tolist()):
-            out[misfit_category(code)] += count
-        return out
+        return Counter(dict(misfit_counts(self.code)))
 
 
 def _commonest(counts: Counter | dict) -> str:

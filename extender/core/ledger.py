@@ -16,7 +16,6 @@ over-committed (the truth is not dropped), and returns a warning that says so.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -25,6 +24,7 @@ import numpy as np
 
 from .assignment import Assignment
 from .errors import LedgerConflict
+from .hashing import stable_hash
 from .inventory import NodeInventory
 from .settings import CoreSettings
 
@@ -34,11 +34,6 @@ NO_POOL = 0  # pool id of "no pool"
 UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
 UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
 KIND_SLOTS = 17  # kind_count columns: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
-
-
-def stable_hash(text: str) -> int:
-    """A 63-bit hash that is the same in every process (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .assignment import Assignment, ContainerAssignment, GpuShare
 from .inventory import NodeInventory
-from .ledger import EMPTY_POOL, Ledger, stable_hash
+from .ledger import EMPTY_POOL, Ledger
 from .policies import Need, Policy, View
 from .resources import ContainerNeed, PodRequest, model_matches
 from .topology import best_connected, connectivity, link_graph
@@ -104,12 +104,8 @@ class Evaluation:
         out: dict[str, int] = {}
         for label, _ in self._absent.values():
             out[label] = out.get(label, 0) + 1
-        misfits = self._codes[~self._explainer.fit] if len(self._codes) else self._codes
-        if len(misfits):
-            kinds, counts = np.unique(misfits, return_counts=True)
-            for code, count in zip(kinds.tolist(), counts.tolist()):
-                label = misfit_category(code)
-                out[label] = out.get(label, 0) + count
+        for label, count in misfit_counts(self._codes[~self._explainer.fit] if len(self._codes) else self._codes):
+            out[label] = out.get(label, 0) + count
         return out
 
     @cached_property
@@ -147,7 +143,7 @@ class Evaluation:
 
     def placement(self, node: str) -> Placement:
         """The GPUs the pod gets on a fitting node."""
-        i = self._explainer.index.get(node)
+        i = self._explainer.find(node)
         if i is None or not self._explainer.fit[i]:
             raise KeyError(f"node {node} does not fit pod {self.pod.key}")
         return self._explainer.placement(node, self.score_of(node))
@@ -167,7 +163,7 @@ class Evaluation:
 
     def evaluated(self, node: str) -> bool:
         """Whether this evaluation looked at ``node`` (a candidate with an inventory)."""
-        return node in self._explainer.index
+        return self._explainer.find(node) is not None
 
     def misfit(self, node: str) -> Misfit:
         """Every reason this node does not fit."""
@@ -211,6 +207,17 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
 def _bounded(scores: np.ndarray) -> np.ndarray:
     """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
     return np.minimum(np.maximum(scores, 0.0), 10.0)
+
+
+def misfit_counts(codes: np.ndarray) -> list[tuple[str, int]]:
+    """(category, number of nodes) for misfit codes (FIT entries are not counted), in code order."""
+    counts = np.bincount(codes, minlength=1)  # codes are small non-negative integers
+    counts[FIT] = 0
+    out: dict[str, int] = {}
+    for code in np.flatnonzero(counts).tolist():
+        label = misfit_category(code)
+        out[label] = out.get(label, 0) + int(counts[code])
+    return list(out.items())
 
 
 def misfit_category(code: int) -> str:
@@ -268,8 +275,8 @@ class _Checks:
     __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
 
     def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pool: int, container: ContainerNeed,
-                 pod_hash: int, model_lut: np.ndarray | None, cpu_milli: int = 0) -> None:
-        self.need = Need(container, pod_hash, cpu_milli)
+                 pod_key: str, model_lut: np.ndarray | None, cpu_milli: int = 0) -> None:
+        self.need = Need(container, pod_key, cpu_milli)
         self.memory = self.need.memory(view)
         offered = view.offered_units > 0
         self.model_ok = offered if model_lut is None else model_lut[model]
@@ -317,7 +324,7 @@ class _Explainer:
         self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
         self.pool = ledger.find_pool_id(pod.pool)  # a lookup: evaluating never adds to the ledger
         self.node_pool_ok = ledger.node_pool.take(rows) == self.pool
-        self.pod_hash = stable_hash(pod.uid or pod.key)
+        self.pod_key = pod.uid or pod.key
         self.model_lut = None
         if pod.models is not None:
             names_ = ledger.model_names()
@@ -329,6 +336,16 @@ class _Explainer:
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
 
+    def find(self, name: str) -> int | None:
+        """The position of candidate ``name``, None if it was not evaluated (a short list is scanned: cheaper
+        than building its index)."""
+        if len(self.names) <= 32:
+            try:
+                return self.names.index(name)
+            except ValueError:
+                return None
+        return self.index.get(name)
+
     def inventory(self, i: int) -> NodeInventory:
         """The inventory of candidate ``i``, read only while the ledger is as it was at evaluation time."""
         if self.ledger.generation != self.generation:
@@ -338,10 +355,13 @@ class _Explainer:
         return self.ledger.inventory_at(int(self.rows[i]))
 
     def _position(self, name: str) -> int:
-        return self.index[name]
+        i = self.find(name)
+        if i is None:
+            raise KeyError(name)
+        return i
 
     def _checks(self, container: ContainerNeed) -> _Checks:
-        return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_hash, self.model_lut,
+        return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_key, self.model_lut,
                        self.pod.cpu_milli)
 
     def host_codes(self) -> np.ndarray:
@@ -373,7 +393,7 @@ class _Explainer:
         fit = codes == FIT
         shape = self.view.free_units.shape
         zeros = np.zeros(shape, dtype=np.int64)
-        need = Need(ContainerNeed("host", "app", 0, 0, 0), self.pod_hash, self.pod.cpu_milli)
+        need = Need(ContainerNeed("host", "app", 0, 0, 0), self.pod_key, self.pod.cpu_milli)
         scores = policy.node_score(self.view, need, zeros, zeros) if fit.any() else np.zeros(len(fit))
         return fit, codes, _bounded(scores)
 
@@ -475,7 +495,7 @@ class _Explainer:
         return Placement(node=node, score=score, containers=self._containers(i, {0: chosen}))
 
     def misfit(self, node: str, message: str, unresolvable: bool) -> Misfit:
-        if node not in self.index:
+        if self.find(node) is None:
             problem = self.ledger.problem(node)
             reason = Reason(node, None, "inventory", "a GPU inventory", problem or "none published", True)
             return Misfit(node, message, True, (reason,))

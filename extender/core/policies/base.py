@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..hashing import stable_hash
 from ..resources import ContainerNeed
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
+
 
 MAX_SCORE = 10.0
 
@@ -66,8 +68,13 @@ class Need:
     """One container's request as policies see it, with a stable per-pod hash for seeded randomness."""
 
     container: ContainerNeed
-    pod_hash: int
+    pod_key: str  # the pod's UID (else namespace/name): what the hash is of
     cpu_milli: int = 0  # the pod's host CPU request (simulator)
+
+    @property
+    def pod_hash(self) -> int:
+        """A stable 63-bit hash of the pod (the same in every process); computed when a policy asks for it."""
+        return stable_hash(self.pod_key)
 
     @property
     def units(self) -> int:

@@ -47,7 +47,7 @@ class BestFit(Policy):
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         units_left = view.free_units - need.units
-        memory_left = ratio(view.free_mem - memory, view.mem_usable + 1)  # in [0, 1): a tie-break only
+        memory_left = (view.free_mem - memory) / (view.mem_usable + 1)  # in [0, 1): a tie-break only
         return -(units_left + memory_left)
 
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
