@@ -1,9 +1,14 @@
 """Filter, score and GPU choice: misfit reasons, pools, models, multi-GPU topology, several containers."""
 
+import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from extender.core import placement as core_placement
+from extender.core.resources import ContainerNeed
 from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_node, parse_pod, place
 from extender.core.cluster import build_ledger
+from extender.core.policies import Need
 from extender.testing.factories import container, gpu_node, gpu_pod
 
 S = CoreSettings()
@@ -191,3 +196,44 @@ def test_evaluating_a_pod_of_an_unseen_pool_changes_nothing():
     evaluation = evaluate(ledger, parse_pod(gpu_pod("p", units=10, pool="nobody-has-this"), S), ["n"], BINPACK)
     assert evaluation.fits == [] and "not in the pod's pool (nobody-has-this)" in evaluation.unresolvable["n"]
     assert (ledger.snapshot(), dict(ledger._pool_ids), ledger.generation) == before
+
+
+# ------------------------------------------------------------------ misfit codes, node by node
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_misfit_codes_follow_the_documented_precedence(data):
+    # The vectorised codes against the rule written out per node: node pool, then model, too few usable GPUs,
+    # too few big enough, fits, else RESOLVABLE + the checks that blocked otherwise usable GPUs (1 units,
+    # 2 memory, 4 GPU pool).
+    n, width, k = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 8)), data.draw(st.integers(1, 3))
+
+    def grid():
+        return np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=width, max_size=width),
+                                           min_size=n, max_size=n)))
+
+    checks = object.__new__(core_placement._Checks)
+    checks.need = Need(ContainerNeed("c", "app", 10, k, None), "uid")
+    checks.model_ok = grid()
+    checks.static = grid() & checks.model_ok
+    checks.sized = checks.static & grid()
+    checks.units_ok, checks.memory_ok, checks.pool_ok = grid(), grid(), grid()
+    checks.eligible = checks.sized & checks.units_ok & checks.memory_ok & checks.pool_ok
+    node_pool_ok = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    has_models = data.draw(st.booleans())
+    codes = checks.codes(node_pool_ok, has_models).tolist()
+    for i in range(n):
+        if not node_pool_ok[i]:
+            expected = core_placement.POOL
+        elif has_models and not checks.model_ok[i].any():
+            expected = core_placement.MODEL
+        elif checks.static[i].sum() < k:
+            expected = core_placement.TOO_FEW
+        elif checks.sized[i].sum() < k:
+            expected = core_placement.TOO_BIG
+        elif checks.eligible[i].sum() >= k:
+            expected = core_placement.FIT
+        else:
+            sized = checks.sized[i]
+            expected = core_placement.RESOLVABLE + sum(bit for bit, ok in ((1, checks.units_ok[i]), (2, checks.memory_ok[i]),
+                                                                      (4, checks.pool_ok[i])) if (sized & ~ok).any())
+        assert codes[i] == expected, (i, codes, expected)
