@@ -141,8 +141,15 @@ class SimCluster:
         stale = (entry.versions != versions).nonzero()[0]
         evaluation = None
         if len(stale):
+            # The best node that did not change is evaluated with those that did: when it wins, the GPUs come
+            # from this one evaluation (its answer equals the kept one, its row being unchanged).
+            unchanged = entry.scores.copy()
+            unchanged[stale] = -np.inf
+            top = int(unchanged.argmax())
+            if unchanged[top] > -np.inf:
+                stale = np.append(stale, top)
             evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
-            fit, codes = evaluation.outcome()  # every node has an inventory: one answer per stale node
+            fit, codes = evaluation.outcome()  # every node has an inventory: one answer per node asked
             scores = np.full(len(stale), -np.inf)
             scores[fit] = self._cut(evaluation.scores)
             entry.scores[stale] = scores
