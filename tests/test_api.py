@@ -293,6 +293,16 @@ async def test_prioritize_reuses_its_cycles_filter_while_the_ledger_is_unchanged
     again = await post(client, "prioritize", filter_args(p, names=["a", "b"]))
     assert evaluated == ["p", "q", "p"]  # the ledger changed: evaluated afresh, and b is now full
     assert again != first and again[1] == {"Host": "b", "Score": 0}
+    r, t = gpu_pod("r", units=10), gpu_pod("t", units=90)
+    del r["metadata"]["uid"], t["metadata"]["uid"]  # no UID: nothing ties Prioritize to a Filter
+    await post(client, "filter", filter_args(r, names=["a"]))
+    assert (await post(client, "prioritize", filter_args(t, names=["a"]))) == [{"Host": "a", "Score": 4}]
+    assert evaluated == ["p", "q", "p", "r", "t"]
+    await post(client, "filter", filter_args(p, names=["a"]))
+    p["metadata"]["resourceVersion"] = "7"  # p edited since that Filter: its new request is evaluated
+    p["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = "60"
+    await post(client, "prioritize", filter_args(p, names=["a"]))
+    assert evaluated == ["p", "q", "p", "r", "t", "p", "p"]
 
 
 async def test_filter_catches_up_before_saying_a_pod_fits_nowhere(aiohttp_client):

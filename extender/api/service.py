@@ -84,8 +84,9 @@ class Extender:
         self._pods: dict[str, dict] = {}  # uid -> pod, for bind lookups and preemption priorities
         self._node_raw: dict[str, object] = {}  # node -> last inventory annotation read (non-cache mode)
         # Filter's recent evaluations by pod UID, for Prioritize of the same cycle; a few, so that cycles that
-        # overlap (several scheduler profiles or replicas) still find theirs. Valid while the ledger is unchanged.
-        self._recent_evaluations: OrderedDict[str, tuple[int, Evaluation]] = OrderedDict()
+        # overlap (several scheduler profiles or replicas) still find theirs. Reused only for an equal request
+        # (the pod not edited since) while the ledger is unchanged.
+        self._recent_evaluations: OrderedDict[str, tuple[int, PodRequest, Evaluation]] = OrderedDict()
 
     # ------------------------------------------------------------------ cluster feed (ClusterSink)
     def on_node(self, node: Mapping) -> None:
@@ -133,7 +134,7 @@ class Extender:
         if not request.wants_gpu:
             return self._filter_result(names, node_objects, {}, {})
         evaluation = evaluate(self.ledger, request, names, self._policy(request))
-        self._keep_evaluation(request.uid, evaluation)
+        self._keep_evaluation(request, evaluation)
         for label, count in evaluation.rejections.items():
             self.metrics.rejected(label, count)
         self.metrics.decisions.labels("filter", "fit").inc(len(evaluation.fits))
@@ -163,8 +164,8 @@ class Extender:
         if error is not None or not request.wants_gpu:
             return [(n, 0) for n in names]
         evaluation = None
-        generation, kept = self._recent_evaluations.get(request.uid, (None, None))
-        if kept is not None and generation == self.ledger.generation:
+        generation, kept_request, kept = self._recent_evaluations.get(request.uid, (None, None, None))
+        if kept is not None and kept_request == request and generation == self.ledger.generation:
             fits = kept.fits  # this cycle's Filter answer; the scheduler's own filters may have dropped some
             if names == fits or set(names) <= set(fits):
                 evaluation = kept
@@ -178,9 +179,12 @@ class Extender:
         # rint rounds half to even, as round() does
         return list(zip(names, np.rint(np.clip(scores, 0, MAX_EXTENDER_PRIORITY)).astype(np.int64).tolist()))
 
-    def _keep_evaluation(self, uid: str, evaluation: Evaluation) -> None:
+    def _keep_evaluation(self, request: PodRequest, evaluation: Evaluation) -> None:
+        uid = request.uid
+        if not uid:
+            return  # a pod without a UID is not remembered (see _remember): nothing to match Prioritize with
         recent = self._recent_evaluations
-        recent[uid] = (self.ledger.generation, evaluation)
+        recent[uid] = (self.ledger.generation, request, evaluation)
         recent.move_to_end(uid)
         while len(recent) > KEPT_EVALUATIONS:
             recent.popitem(last=False)
