@@ -43,6 +43,16 @@ def parse_seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds: expected a range 42-51, a list 42,43 or a count 3, not {text!r}")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fracgpu-sim", description="fracgpu simulator: compare placement policies offline on traces")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--node-order", choices=("shuffled", "as-given"), default="shuffled")
     compare.add_argument("--nodes", help="openb node CSV (default: the embedded GPU nodes)")
     compare.add_argument("--pods", help="openb pod CSV (default: the embedded openb_pod_list_default)")
-    compare.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
+    compare.add_argument("--jobs", type=positive_int, default=None, help="processes (default: all cores)")
     compare.add_argument("--out", type=Path, default=Path("sim-results"))
     compare.add_argument("--no-plots", action="store_true")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -181,6 +181,7 @@ def run_cli(argv):
     (["compare", "--policies", "tetris", "--quiet"], "unknown policy 'tetris'"),
     (["compare", "--pods", "/nonexistent.csv", "--quiet"], "nonexistent.csv"),
     (["replay", "--arrival-scale", "0", "--pods", "PODS"], "arrival scale must be positive"),
+    (["compare", "--jobs", "0", "--quiet"], "--jobs: expected a whole number of at least 1, not '0'"),
 ])
 def test_bad_input_is_named_with_exit_status_2(argv, message, tmp_path, capsys):
     _, pods = write_openb(tmp_path)
