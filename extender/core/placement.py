@@ -280,8 +280,9 @@ class _Checks:
         self.memory = self.need.memory(view)
         offered = view.offered_units > 0
         self.model_ok = offered if model_lut is None else model_lut[model]
-        self.static = offered & self.model_ok
-        self.sized = self.static & (self.memory <= view.mem_usable)
+        self.static = offered if model_lut is None else offered & self.model_ok
+        # memory derived from units (floor(units * usable / unitsPerGpu), units <= unitsPerGpu) is never above usable
+        self.sized = self.static if container.memory_mib is None else self.static & (self.memory <= view.mem_usable)
         self.units_ok = view.free_units >= container.units
         self.memory_ok = view.free_mem >= self.memory
         self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
@@ -405,22 +406,20 @@ class _Explainer:
         self.checks = [checks]
         fit, codes = self._with_host((checks.eligible.sum(axis=1) >= container.count) & self.node_pool_ok,
                                      lambda: checks.codes(self.node_pool_ok, self.pod.models is not None))
+        if not fit.any():  # nothing to choose GPUs on or score
+            return fit, codes, np.zeros(len(fit))
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
-        if k == 1:
-            chosen = np.argmax(self.preference, axis=1)[:, None]
-        else:
-            chosen = np.argsort(-self.preference, axis=1, kind="stable")[:, :k]
-        take_units = np.zeros(checks.memory.shape, dtype=np.int64)
-        take_mem = np.zeros(checks.memory.shape, dtype=np.int64)
-        if fit.any():
+        if k == 1:  # the best GPU of each fitting node
+            taken = (self.view.positions == self.preference.argmax(axis=1)[:, None]) & fit[:, None]
+        else:  # its k best GPUs
+            taken = np.zeros(checks.memory.shape, dtype=bool)
             row_ix = np.nonzero(fit)[0][:, None]
-            cols = chosen[fit]
-            take_units[row_ix, cols] = container.units
-            take_mem[row_ix, cols] = checks.memory[row_ix, cols]
-        scores = policy.node_score(self.view, checks.need, take_units, take_mem) if fit.any() else np.zeros(len(fit))
-        return fit, codes, _bounded(scores)
+            taken[row_ix, np.argsort(-self.preference[fit], axis=1, kind="stable")[:, :k]] = True
+        take_units = taken * container.units
+        take_mem = np.where(taken, checks.memory, 0)
+        return fit, codes, _bounded(policy.node_score(self.view, checks.need, take_units, take_mem))
 
     # -------------------------------------------------------------- several containers, node by node
     def searched(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
