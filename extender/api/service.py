@@ -163,15 +163,17 @@ class Extender:
         request, error = self._remember(args.pod)
         if error is not None or not request.wants_gpu:
             return [(n, 0) for n in names]
-        evaluation = None
+        evaluation, in_order = None, False
         generation, kept_request, kept = self._recent_evaluations.get(request.uid, (None, None, None))
         if kept is not None and kept_request == request and generation == self.ledger.generation:
-            fits = kept.fits  # this cycle's Filter answer; the scheduler's own filters may have dropped some
-            if names == fits or set(names) <= set(fits):
+            # this cycle's Filter answer; the scheduler's own filters may have dropped some of its nodes
+            in_order = names == kept.fits
+            if in_order or set(names) <= set(kept.fits):
                 evaluation = kept
         if evaluation is None:
             evaluation = evaluate(self.ledger, request, names, self._policy(request))
-        if names == evaluation.fits:  # the usual case: the scores are already in the candidates' order
+            in_order = names == evaluation.fits
+        if in_order:  # the usual case: the scores are already in the candidates' order
             scores = evaluation.scores
         else:
             by_name = dict(zip(evaluation.fits, evaluation.scores.tolist()))
