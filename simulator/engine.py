@@ -31,13 +31,14 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import FIT, Evaluation, misfit_counts
+from extender.core.placement import Evaluation, misfit_counts
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
 from .trace import SETTINGS, SimPod
 
 TieBreak = Literal["random", "first", "name"]
+UNKNOWN = -1  # a node's misfit code not yet worked out
 COMPLETE, ARRIVE, RETRY = 0, 1, 2  # event priorities at the same instant
 
 
@@ -68,7 +69,9 @@ class _ShapeEntry:
     def __init__(self, nodes: int) -> None:
         self.versions = np.full(nodes, -1, dtype=np.int64)
         self.scores = np.full(nodes, -np.inf)  # the score as compared (cut); -inf where the node does not fit
-        self.code = np.full(nodes, FIT, dtype=np.int64)  # misfit code per node, FIT where it fits
+        # misfit code per node (FIT where it fits), UNKNOWN until a pod of the shape fits nowhere: only then are
+        # the codes (the failure's reason) worth working out
+        self.code = np.full(nodes, UNKNOWN, dtype=np.int64)
 
     def misfit_counts(self) -> Counter:
         return Counter(dict(misfit_counts(self.code)))
@@ -150,19 +153,29 @@ class SimCluster:
             if unchanged[top] > -np.inf:
                 stale = np.append(stale, top)
             evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
-            fit, codes = evaluation.outcome()  # every node has an inventory: one answer per node asked
             scores = np.full(len(stale), -np.inf)
-            scores[fit] = self._cut(evaluation.scores)
+            scores[evaluation.fit_mask] = self._cut(evaluation.scores)  # every node has an inventory: one each
             entry.scores[stale] = scores
-            entry.code[stale] = codes
+            entry.code[stale] = UNKNOWN
             entry.versions[stale] = versions[stale]
         best = entry.scores.max()
         if best == -np.inf:
-            return None, evaluation, _commonest(entry.misfit_counts())
+            return None, evaluation, self._reason(entry, request, stale, evaluation)
         node = self._tied(np.flatnonzero(entry.scores == best))
         if evaluation is None or not evaluation.evaluated(node):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None
+
+    def _reason(self, entry: _ShapeEntry, request, stale: np.ndarray, evaluation: Evaluation | None) -> str:
+        """Why a pod fits on no node: the commonest misfit. Codes not yet known are worked out now; every node's
+        row is as it was when its answer was kept, so evaluating it again gives that same answer."""
+        if evaluation is not None:
+            entry.code[stale] = evaluation.outcome()[1]
+        unknown = np.flatnonzero(entry.code == UNKNOWN)
+        if len(unknown):
+            again = evaluate(self.ledger, request, [self.names[i] for i in unknown.tolist()], self.policy)
+            entry.code[unknown] = again.outcome()[1]
+        return _commonest(entry.misfit_counts())
 
     def remove(self, uid: str) -> None:
         if self.ledger.release(uid) is not None:

@@ -35,6 +35,20 @@ def gpus_of(placement):
     return [(s.index, s.units, s.memory_mib) for c in placement.containers for s in c.gpus]
 
 
+def test_misfit_codes_worked_out_late_describe_the_state_that_was_evaluated():
+    # Codes and messages are worked out only when read; they must still describe the ledger as evaluated.
+    ledger = cluster(gpu_node("a", gpus=1), gpu_node("b", gpus=1))
+    bind(ledger, gpu_pod("holder", units=60, uid="u-holder"), node="a")
+    request = parse_pod(gpu_pod("late", units=50, uid="u-late"), S)
+    at_once = evaluate(ledger, request, ["a", "b"], BINPACK)
+    expected = (dict(at_once.failed), dict(at_once.rejections), at_once.outcome()[1].tolist())
+    late = evaluate(ledger, request, ["a", "b"], BINPACK)
+    ledger.release("u-holder")  # now "a" would fit
+    assert evaluate(ledger, request, ["a", "b"], BINPACK).fits == ["a", "b"]
+    assert (dict(late.failed), dict(late.rejections), late.outcome()[1].tolist()) == expected
+    assert list(expected[0]) == ["a"] and expected[2][1] == core_placement.FIT
+
+
 def test_misfit_messages_aggregate_and_reasons_are_detailed():
     ledger = cluster(gpu_node("a", gpus=2, memory_mib=16000), gpu_node("b", gpus=2, memory_mib=16000))
     for node in ("a", "b"):

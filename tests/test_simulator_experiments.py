@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from extender.core import Ledger, evaluate
-from extender.core.ledger import UNACCOUNTED
+from extender.core.ledger import UNACCOUNTED, UNLIMITED
 from extender.core.policies import POLICIES, make_policy
 from simulator import cli
 from simulator.experiments import inflation
@@ -200,6 +200,10 @@ def check_invariants(time, cluster):
     accounted = ledger.cpu_total[rows] != UNACCOUNTED
     assert (ledger.cpu_used[rows][accounted] <= ledger.cpu_total[rows][accounted]).all()
     assert (ledger.host_mem_used[rows] <= np.maximum(ledger.host_mem_total[rows], 0)).all()
+    # the host room placement filters on is kept equal to capacity less use (unlimited where not accounted)
+    for room, total, used in ((ledger.cpu_room, ledger.cpu_total, ledger.cpu_used),
+                              (ledger.host_mem_room, ledger.host_mem_total, ledger.host_mem_used)):
+        assert (room[rows] == np.where(total[rows] == UNACCOUNTED, UNLIMITED, total[rows] - used[rows])).all()
     # the simulator's own count agrees with the ledger's
     assert cluster.allocated == int(ledger.used_units[rows].sum())
 

@@ -33,6 +33,7 @@ MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); 
 NO_POOL = 0  # pool id of "no pool"
 UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
 UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
+UNLIMITED = np.iinfo(np.int64).max // 4  # cpu_room / host_mem_room of such a node: any request fits
 KIND_SLOTS = 17  # kind_count columns: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
 
 
@@ -55,8 +56,10 @@ class Ledger:
     )
     _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
                    ("shape_kinds", np.int32), ("cpu_total", np.int64), ("cpu_used", np.int64),
-                   ("host_mem_total", np.int64), ("host_mem_used", np.int64), ("row_version", np.int64))
-    # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes)
+                   ("host_mem_total", np.int64), ("host_mem_used", np.int64), ("cpu_room", np.int64),
+                   ("host_mem_room", np.int64), ("row_version", np.int64))
+    # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes); there,
+    # cpu_room / host_mem_room (what is free, kept with every change: one comparison filters) are UNLIMITED
 
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
         self.settings = settings
@@ -417,6 +420,9 @@ class Ledger:
     def _refresh_free(self, row: int) -> None:
         self.free_units[row] = self.offered_units[row] - self.used_units[row]
         self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
+        cpu, memory = int(self.cpu_total[row]), int(self.host_mem_total[row])
+        self.cpu_room[row] = UNLIMITED if cpu == UNACCOUNTED else cpu - int(self.cpu_used[row])
+        self.host_mem_room[row] = UNLIMITED if memory == UNACCOUNTED else memory - int(self.host_mem_used[row])
         self.generation += 1
         self.row_version[row] = self.generation  # monotonic: a policy's per-row cache is valid while it matches
 
@@ -440,6 +446,8 @@ class Ledger:
             getattr(self, name)[row] = 0
         self.cpu_total[row] = UNACCOUNTED
         self.host_mem_total[row] = UNACCOUNTED
+        self.cpu_room[row] = UNLIMITED
+        self.host_mem_room[row] = UNLIMITED
         self.shape_count[row] = 0
         self.kind_count[row] = 0
         self._by_index[row] = {}

@@ -86,25 +86,33 @@ class Placement:
 class Evaluation:
     """The answer for one pod over a list of candidate nodes (see module docstring).
 
-    ``failed``, ``unresolvable`` (node -> message) and ``rejections`` (misfit category -> number of nodes, for
-    metrics) are worked out from the misfit codes when first read: the simulator never reads them.
+    The misfit codes, and from them ``failed``, ``unresolvable`` (node -> message) and ``rejections`` (misfit
+    category -> number of nodes, for metrics), are worked out when first read, from the arrays the evaluation
+    gathered (so later ledger changes do not alter them): a simulator's pod that fits somewhere never needs them.
     """
 
     def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, explainer: "_Explainer",
-                 codes: np.ndarray | None = None, absent: dict[str, tuple[str, str]] | None = None) -> None:
+                 codes: np.ndarray | Callable[[], np.ndarray] | None = None,
+                 absent: dict[str, tuple[str, str]] | None = None) -> None:
         self.pod = pod
         self.fits = fits
         self.scores = scores
         self._explainer = explainer
-        self._codes = codes if codes is not None else np.zeros(0, dtype=np.int64)  # per evaluated node
+        self._codes = codes if codes is not None else np.zeros(0, dtype=np.int64)  # per evaluated node, or a thunk
         self._absent = absent or {}  # candidate without an inventory -> (category, message)
+
+    def _all_codes(self) -> np.ndarray:
+        if callable(self._codes):
+            self._codes = self._codes()
+        return self._codes
 
     @cached_property
     def rejections(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for label, _ in self._absent.values():
             out[label] = out.get(label, 0) + 1
-        for label, count in misfit_counts(self._codes[~self._explainer.fit] if len(self._codes) else self._codes):
+        codes = self._all_codes()
+        for label, count in misfit_counts(codes[~self._explainer.fit] if len(codes) else codes):
             out[label] = out.get(label, 0) + count
         return out
 
@@ -150,15 +158,23 @@ class Evaluation:
 
     def misfit_codes(self) -> tuple[list[str], np.ndarray]:
         """The known candidate nodes that do not fit and each one's misfit code (:func:`misfit_category` names it)."""
-        if not len(self._codes):
-            return [], self._codes
+        codes = self._all_codes()
+        if not len(codes):
+            return [], codes
         misfits = np.flatnonzero(~self._explainer.fit)
-        return [self._explainer.names[i] for i in misfits.tolist()], self._codes[misfits]
+        return [self._explainer.names[i] for i in misfits.tolist()], codes[misfits]
+
+    @property
+    def fit_mask(self) -> np.ndarray:
+        """Per evaluated candidate (those with an inventory, in candidate order): whether it fits."""
+        return self._explainer.fit
 
     def outcome(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per evaluated candidate (those with an inventory, in candidate order): whether it fits, and its misfit
-        code (``FIT`` where it fits; :func:`misfit_category` names the others)."""
-        codes = self._codes if len(self._codes) else np.zeros(len(self._explainer.fit), dtype=np.int64)
+        """:attr:`fit_mask`, and each evaluated candidate's misfit code (``FIT`` where it fits;
+        :func:`misfit_category` names the others)."""
+        codes = self._all_codes()
+        if not len(codes):
+            codes = np.zeros(len(self._explainer.fit), dtype=np.int64)
         return self._explainer.fit, codes
 
     def evaluated(self, node: str) -> bool:
@@ -365,32 +381,42 @@ class _Explainer:
         return _Checks(self.view, self.gpu_pool, self.model, self.pool, container, self.pod_key, self.model_lut,
                        self.pod.cpu_milli)
 
-    def host_codes(self) -> np.ndarray:
-        """FIT, or which host resource the node lacks (only where its inventory carries host capacity)."""
+    def host_room(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per node, whether its host CPU and its host memory can take the pod (the ledger's rooms are unlimited
+        where the inventory does not carry host capacity); None when the pod asks for neither."""
         pod = self.pod
         if not pod.wants_host:
-            return np.zeros(len(self.names), dtype=np.int64)
-        view = self.view
-        memory_total = self.ledger.host_mem_total.take(self.rows)
-        memory_free = memory_total - self.ledger.host_mem_used.take(self.rows)
-        cpu_bad = (view.cpu_total >= 0) & (view.cpu_free < pod.cpu_milli)
-        memory_bad = (memory_total >= 0) & (memory_free < pod.memory_mib)
-        return _HOST_CODES.take(cpu_bad * 1 + memory_bad * 2)
+            return None
+        ledger = self.ledger
+        return ledger.cpu_room.take(self.rows) >= pod.cpu_milli, ledger.host_mem_room.take(self.rows) >= pod.memory_mib
 
-    def _with_host(self, fit: np.ndarray, codes: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(fit, misfit codes) from the GPU checks' ``fit`` and host resources; ``codes()`` (the GPU checks'
-        codes) is asked for only when some node does not fit."""
-        host = self.host_codes()
-        if self.pod.wants_host:
-            fit = fit & (host == FIT)
-        if fit.all():
-            return fit, np.zeros(len(fit), dtype=np.int64)
-        codes = codes()
-        return fit, np.where(codes == FIT, host, codes)
+    @staticmethod
+    def host_codes(room: tuple[np.ndarray, np.ndarray] | None, nodes: int) -> np.ndarray:
+        """FIT, or which host resource the node lacks, from :meth:`host_room`."""
+        if room is None:
+            return np.zeros(nodes, dtype=np.int64)
+        cpu_ok, memory_ok = room
+        return _HOST_CODES.take(~cpu_ok * 1 + ~memory_ok * 2)
+
+    def _with_host(self, fit: np.ndarray,
+                   codes: Callable[[], np.ndarray]) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """(fit, misfit codes when first asked for) from the GPU checks' ``fit`` and ``codes()``, and host room."""
+        room = self.host_room()
+        if room is not None:
+            fit = fit & room[0] & room[1]
+
+        def all_codes() -> np.ndarray:
+            host = self.host_codes(room, len(fit))
+            if fit.all():
+                return host  # all FIT
+            gpu = codes()
+            return np.where(gpu == FIT, host, gpu)
+
+        return fit, all_codes
 
     # -------------------------------------------------------------- no GPU: host resources only (simulator)
     def host_only(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        codes = self.host_codes()
+        codes = self.host_codes(self.host_room(), len(self.names))
         fit = codes == FIT
         shape = self.view.free_units.shape
         zeros = np.zeros(shape, dtype=np.int64)
@@ -412,7 +438,7 @@ class _Explainer:
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
         if k == 1:  # the best GPU of each fitting node
-            taken = (self.view.positions == self.preference.argmax(axis=1)[:, None]) & fit[:, None]
+            taken = (np.arange(self.preference.shape[1]) == self.preference.argmax(axis=1)[:, None]) & fit[:, None]
         else:  # its k best GPUs
             taken = np.zeros(checks.memory.shape, dtype=bool)
             row_ix = np.nonzero(fit)[0][:, None]
@@ -432,7 +458,7 @@ class _Explainer:
         for container_codes in per_container:
             bad = (container_codes != FIT) & (codes == FIT)
             codes[bad] = container_codes[bad]
-        _, codes = self._with_host(codes == FIT, lambda: codes)
+        codes = self._with_host(codes == FIT, lambda: codes)[1]()
         preferences = [
             np.where(c.eligible, policy.gpu_preference(self.view, c.need, c.memory), -np.inf) for c in self.checks
         ]
