@@ -200,11 +200,11 @@ class SimCluster:
         return self.names[int(tied[self.rng.randrange(len(tied))])]
 
     def free_units_by_node(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(free units per GPU (nodes, GPUs), free CPU per node, rows) for metrics."""
+        """(free units per GPU (nodes, GPUs), free CPU per node (``UNLIMITED`` where not accounted), rows) for
+        metrics."""
         rows = self._rows
         free = np.where(self.ledger.offered_units[rows] > 0, self.ledger.free_units[rows], 0)
-        cpu = self.ledger.cpu_total[rows] - self.ledger.cpu_used[rows]
-        return free, cpu, rows
+        return free, self.ledger.cpu_room[rows], rows
 
 
 def percent(part: float, whole: float) -> float:

@@ -18,7 +18,6 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-import numpy as np
 
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy, View
@@ -123,7 +122,6 @@ def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: Poli
 def checkpoint(cluster: SimCluster, meter: Fgd, arrived: int) -> Checkpoint:
     free, cpu, rows = cluster.free_units_by_node()
     access = meter.shape_access(View(cluster.ledger, rows))
-    cpu = np.where(cpu >= 0, cpu, np.iinfo(np.int64).max // 4)
     fragmented = float(meter.fragmentation(free, cpu, access).sum())
     idle = float(free.sum())
     capacity = cluster.gpu_capacity

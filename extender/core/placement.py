@@ -41,6 +41,8 @@ JOINT = 16
 HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
 SEARCH_BUDGET = 20_000
 _HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
+_NO_NODES = np.zeros(0, dtype=bool)
+_NO_NODES.flags.writeable = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     absent: dict[str, tuple[str, str]] = {}
     rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
     known = nodes
-    if (rows < 0).any():
+    if len(rows) and rows.min() < 0:
         for name, row in zip(nodes, rows.tolist()):
             if row < 0:
                 problem = ledger.problem(name)
@@ -333,7 +335,7 @@ class _Explainer:
         self.names = names
         self.rows = rows
         self.generation = ledger.generation
-        self.fit = np.zeros(len(names), dtype=bool)
+        self.fit = _NO_NODES  # set by evaluate once a path has run
         if rows is None:
             return
         self.view = View(ledger, rows)

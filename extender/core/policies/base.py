@@ -33,11 +33,12 @@ class View:
 
     ``free_units``, ``free_mem``, ``offered_units``, ``mem_usable``, ``used_units``, ``used_mem``, ``pods``,
     ``gpu_shape`` (nodes, GPUs); ``cpu_total`` (nodes: host CPU in milli-cores, -1 where the core does not
-    account it, the extender's nodes), ``cpu_free`` (nodes) and ``positions`` (nodes, GPUs: the GPU's column).
+    account it, the extender's nodes), ``cpu_free`` (nodes), ``cpu_room`` (nodes: ``cpu_free``, or
+    ``ledger.UNLIMITED`` where CPU is not accounted) and ``positions`` (nodes, GPUs: the GPU's column).
     """
 
     _GATHERED = frozenset({"free_units", "free_mem", "offered_units", "mem_usable", "used_units", "used_mem", "pods",
-                           "gpu_shape", "cpu_total"})
+                           "gpu_shape", "cpu_total", "cpu_room"})
 
     def __init__(self, ledger: "Ledger", rows: np.ndarray) -> None:
         self.ledger = ledger
@@ -115,9 +116,13 @@ class Policy(ABC):
 
 def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0 (a node without usable memory, say)."""
+    if isinstance(denominator, (int, float, np.integer, np.floating)):  # a cluster-wide scale
+        if denominator > 0:
+            return np.true_divide(numerator, float(denominator))  # int arrays become float64 first, as below
+        return np.zeros(np.shape(numerator))
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
-    if denominator.ndim == 0:  # a cluster-wide scale
+    if denominator.ndim == 0:
         return numerator / denominator if denominator > 0 else np.zeros(numerator.shape)
     shape = numerator.shape if numerator.shape == denominator.shape else np.broadcast(numerator, denominator).shape
     return np.divide(numerator, denominator, out=np.zeros(shape), where=denominator > 0)
@@ -125,7 +130,7 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def cpu_left(view: View, need: Need) -> np.ndarray:
     """Per node, host CPU left after placing the pod; 0 where the core does not account CPU (extender nodes)."""
-    return np.where(view.cpu_total >= 0, view.cpu_free - need.cpu_milli, 0)
+    return np.where(view.cpu_total >= 0, view.cpu_room - need.cpu_milli, 0)
 
 
 def allocated_fraction(view: View, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:

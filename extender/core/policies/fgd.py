@@ -168,7 +168,7 @@ class Fgd(Policy):
             scores = self._single_gpu_scores(view, need)
             return np.where(take_units > 0, scores, -np.inf).max(axis=1).clip(0.0, None)
         access = self.shape_access(view)
-        cpu = np.where(view.cpu_total >= 0, view.cpu_free, np.iinfo(np.int64).max // 4)
+        cpu = view.cpu_room  # unlimited where the core does not account CPU
         before = self.fragmentation(view.free_units, cpu, access)
         after = self.fragmentation(view.free_units - take_units, cpu - need.cpu_milli, access)
         return _score(before - after, view.units_per_gpu)
@@ -197,8 +197,7 @@ class Fgd(Policy):
         if len(stale):
             sub = View(ledger, view.rows[stale])
             access = self.shape_access(sub)
-            cpu = np.where(sub.cpu_total >= 0, sub.cpu_free, np.iinfo(np.int64).max // 4)
-            before, after = self.fragmentation_after_one(sub.free_units, cpu, access, need.units,
+            before, after = self.fragmentation_after_one(sub.free_units, sub.cpu_room, access, need.units,
                                                          need.cpu_milli)
             fits = sub.free_units >= need.units
             rows = view.rows[stale]
