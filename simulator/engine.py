@@ -95,8 +95,8 @@ class SimCluster:
             raise ValueError(f"tie_break must be random, first or name, not {tie_break!r}")
         if resolution < 0:
             raise ValueError(f"resolution must be >= 0, not {resolution}")
-        self.ledger = Ledger(SETTINGS)
         self.nodes = list(nodes)
+        self.ledger = Ledger(SETTINGS, rows=max(len(self.nodes), 1))  # sized once: no growing while loading
         for node in self.nodes:
             self.ledger.upsert_node(node)
         self.names = [n.name for n in self.nodes]
@@ -111,6 +111,9 @@ class SimCluster:
         if len(self._position) != len(self.names):
             raise ValueError("node names must be unique")
         self._rows = np.array([self.ledger.row_of(n) for n in self.names], dtype=np.int64)
+        # a fresh ledger gives the nodes rows 0..n-1 in order: then a slice reads them without copying
+        in_order = np.array_equal(self._rows, np.arange(len(self._rows)))
+        self._row_index: slice | np.ndarray = slice(0, len(self._rows)) if in_order else self._rows
         self.cache = cache
         self._shapes: dict[tuple, _ShapeEntry] = {}
 
@@ -141,27 +144,26 @@ class SimCluster:
         entry = self._shapes.get(pod.shape_key)
         if entry is None:
             entry = self._shapes[pod.shape_key] = _ShapeEntry(len(self.names))
-        versions = self.ledger.row_version.take(self._rows)
+        versions = self.ledger.row_version[self._row_index]
         stale = (entry.versions != versions).nonzero()[0]
         evaluation = None
+        scores = entry.scores
         if len(stale):
             # The best node that did not change is evaluated with those that did: when it wins, the GPUs come
             # from this one evaluation (its answer equals the kept one, its row being unchanged).
-            unchanged = entry.scores.copy()
-            unchanged[stale] = -np.inf
-            top = int(unchanged.argmax())
-            if unchanged[top] > -np.inf:
-                stale = np.append(stale, top)
+            scores[stale] = -np.inf  # answered again below
+            top = int(scores.argmax())
+            if scores[top] > -np.inf:
+                stale = np.concatenate((stale, (top,)))
             evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
-            scores = np.full(len(stale), -np.inf)
-            scores[evaluation.fit_mask] = self._cut(evaluation.scores)  # every node has an inventory: one each
-            entry.scores[stale] = scores
+            scores[stale[evaluation.fit_mask]] = self._cut(evaluation.scores)  # every node has an inventory
             entry.code[stale] = UNKNOWN
             entry.versions[stale] = versions[stale]
-        best = entry.scores.max()
+        first = int(scores.argmax())
+        best = scores[first]
         if best == -np.inf:
             return None, evaluation, self._reason(entry, request, stale, evaluation)
-        node = self._tied(np.flatnonzero(entry.scores == best))
+        node = self.names[first] if self.tie_break == "first" else self._tied(np.flatnonzero(scores == best))
         if evaluation is None or not evaluation.evaluated(node):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None

@@ -96,9 +96,10 @@ class Ledger:
         if row is None:
             if not self._free_rows:
                 self._grow(self._capacity * 2)
-            row = self._free_rows.pop()
+            row = self._free_rows.pop()  # free rows are kept cleared
             self._rows[name] = row
-        self._clear_row(row)
+        else:
+            self._clear_row(row)
         self._inventory[row] = inventory
         self.live[row] = True
         self.node_pool[row] = self.pool_id(inventory.pool)
@@ -106,17 +107,17 @@ class Ledger:
         self.gpu_count[row] = len(inventory.gpus)
         self.cpu_total[row] = UNACCOUNTED if inventory.cpu_milli is None else inventory.cpu_milli
         self.host_mem_total[row] = UNACCOUNTED if inventory.memory_mib is None else inventory.memory_mib
-        units = self.units_per_gpu
-        for pos, gpu in enumerate(inventory.gpus):
-            self.present[row, pos] = True
-            self.healthy[row, pos] = gpu.healthy
-            self.mig[row, pos] = gpu.mig
-            self.model[row, pos] = self.model_id(gpu.model)
-            self.mem_total[row, pos] = gpu.memory_mib
-            self.observed[row, pos] = gpu.used_memory_mib
-            if gpu.offered:
-                self.offered_units[row, pos] = units
-                self.mem_usable[row, pos] = gpu.memory_mib - self.settings.reserve_for(gpu.memory_mib)
+        gpus = inventory.gpus
+        n = len(gpus)
+        self.present[row, :n] = True
+        self.healthy[row, :n] = [gpu.healthy for gpu in gpus]
+        self.mig[row, :n] = [gpu.mig for gpu in gpus]
+        self.model[row, :n] = [self.model_id(gpu.model) for gpu in gpus]
+        self.mem_total[row, :n] = [gpu.memory_mib for gpu in gpus]
+        self.observed[row, :n] = [gpu.used_memory_mib for gpu in gpus]
+        self.offered_units[row, :n] = [self.units_per_gpu if gpu.offered else 0 for gpu in gpus]
+        self.mem_usable[row, :n] = [gpu.memory_mib - self.settings.reserve_for(gpu.memory_mib) if gpu.offered else 0
+                                    for gpu in gpus]
         self._by_index[row] = {gpu.index: pos for pos, gpu in enumerate(inventory.gpus)}
         self._by_uuid[row] = {gpu.uuid: pos for pos, gpu in enumerate(inventory.gpus) if gpu.uuid}
         self._max_node = None
@@ -437,7 +438,8 @@ class Ledger:
             return None
         return f"pod {assignment.key}: node {assignment.node} is over-committed on {', '.join(bad)} (adopted as found)"
 
-    def _clear_row(self, row: int) -> None:
+    def _clear_row(self, row: int | slice) -> None:
+        """Empty one row, or a slice of rows (``_by_index`` and ``_by_uuid`` only for one row)."""
         for name, _ in self._GPU_ARRAYS:
             getattr(self, name)[row] = 0
         self.model[row] = -1
@@ -450,8 +452,9 @@ class Ledger:
         self.host_mem_room[row] = UNLIMITED
         self.shape_count[row] = 0
         self.kind_count[row] = 0
-        self._by_index[row] = {}
-        self._by_uuid[row] = {}
+        if not isinstance(row, slice):
+            self._by_index[row] = {}
+            self._by_uuid[row] = {}
 
     def _grow(self, rows: int) -> None:
         old = self._capacity
@@ -476,8 +479,7 @@ class Ledger:
         self._inventory.extend([None] * (rows - old))
         self._by_index.extend({} for _ in range(rows - old))
         self._by_uuid.extend({} for _ in range(rows - old))
-        for row in range(old, rows):
-            self._clear_row(row)
+        self._clear_row(slice(old, rows))
         self._free_rows.extend(range(rows - 1, old - 1, -1))
         self._capacity = rows
 
