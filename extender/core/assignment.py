@@ -58,6 +58,8 @@ class Assignment:
     def charges(self) -> dict[int, tuple[int, int]]:
         """Per GPU index: (units, MiB) charged = per resource, the maximum over the pod's phases of the sum of
         the shares of the containers running in that phase (the Kubernetes effective-request rule)."""
+        if len(self.containers) == 1:  # one phase, one container, distinct GPUs: its shares as they are
+            return {s.index: (s.units, s.memory_mib) for s in sorted(self.containers[0].gpus, key=_by_index)}
         phases = phases_of(tuple(c.kind for c in self.containers))
         charged: dict[int, tuple[int, int]] = {}
         for phase in phases:
@@ -71,6 +73,10 @@ class Assignment:
                 old_units, old_memory = charged.get(index, (0, 0))
                 charged[index] = (max(old_units, units), max(old_memory, memory))
         return dict(sorted(charged.items()))
+
+
+def _by_index(share: GpuShare) -> int:
+    return share.index
 
 
 class _Share(BaseModel):

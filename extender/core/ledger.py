@@ -224,16 +224,17 @@ class Ledger:
         charges = _charges_of(assignment)
         for charge in charges:
             pos = self._position(row, charge)
-            where = f"pod {assignment.key}: node {assignment.node} GPU {charge.index}"
+            problem = None
             if pos is None:
-                raise LedgerConflict(f"{where}: no such GPU (uuid {charge.uuid})")
-            if charge.units > self.free_units[row, pos]:
-                raise LedgerConflict(f"{where}: asks {charge.units} units, {self.free_units[row, pos]} free")
-            if charge.memory_mib > self.free_mem[row, pos]:
-                raise LedgerConflict(f"{where}: asks {charge.memory_mib} MiB, {self.free_mem[row, pos]} MiB free")
-            holder = self.gpu_pool[row, pos]
-            if holder not in (EMPTY_POOL, pool):
-                raise LedgerConflict(f"{where}: held by pods of another pool")
+                problem = f"no such GPU (uuid {charge.uuid})"
+            elif charge.units > self.free_units[row, pos]:
+                problem = f"asks {charge.units} units, {self.free_units[row, pos]} free"
+            elif charge.memory_mib > self.free_mem[row, pos]:
+                problem = f"asks {charge.memory_mib} MiB, {self.free_mem[row, pos]} MiB free"
+            elif self.gpu_pool[row, pos] not in (EMPTY_POOL, pool):
+                problem = "held by pods of another pool"
+            if problem:
+                raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} GPU {charge.index}: {problem}")
         self._record(assignment, charges)
         self._reserved.add(uid)
         self._apply(row, assignment.node, uid)
@@ -397,8 +398,10 @@ class Ledger:
                 if self.gpu_shape[row, pos] != charge.units:
                     self.gpu_shape[row, pos] = -1
             self.pods[row, pos] += 1
-            shapes[min(charge.units, self.units_per_gpu)] += 1
-        self.shape_kinds[row] = np.count_nonzero(shapes)
+            shape = min(charge.units, self.units_per_gpu)
+            if shapes[shape] == 0:
+                self.shape_kinds[row] += 1  # distinct shares on the node (shape_count is cleared with it)
+            shapes[shape] += 1
         kind = pod_kind(self._charges[uid], self.units_per_gpu)
         if kind is not None:
             self.kind_count[row, kind] += 1

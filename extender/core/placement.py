@@ -511,12 +511,12 @@ class _Explainer:
         if self.pod.single is None:
             return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
         container = self.pod.single
-        eligible = np.nonzero(self.checks[0].eligible[i])[0].tolist()
-        preference = self.preference[i]
+        eligible = np.flatnonzero(self.checks[0].eligible[i]).tolist()
+        preference = self.preference[i].tolist()  # Python floats: the same order, cheaper to compare
         inventory: NodeInventory = self.inventory(i)
         if container.count > 1 and inventory.links is not None:
             chosen = best_connected(link_graph(inventory.links), eligible, container.count,
-                                    {p: float(preference[p]) for p in eligible})
+                                    {p: preference[p] for p in eligible})
         else:
             chosen = tuple(sorted(eligible, key=lambda p: (-preference[p], p))[: container.count])
         return Placement(node=node, score=score, containers=self._containers(i, {0: chosen}))
