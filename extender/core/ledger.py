@@ -180,6 +180,11 @@ class Ledger:
             self._pool_names.append(pool)
         return self._pool_ids[pool]
 
+    def pools_named(self) -> bool:
+        """Whether any node or pod has ever named a pool (ids are never dropped): if not, every node and GPU is
+        in "no pool"."""
+        return len(self._pool_names) > 1
+
     def find_pool_id(self, pool: str | None) -> int:
         """The pool's id, or UNKNOWN_POOL (held by no node and no GPU) for a pool the ledger has never seen."""
         return self._pool_ids.get(pool, UNKNOWN_POOL)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .assignment import Assignment, ContainerAssignment, GpuShare
 from .inventory import NodeInventory
-from .ledger import EMPTY_POOL, Ledger
+from .ledger import EMPTY_POOL, NO_POOL, Ledger
 from .policies import Need, Policy, View
 from .resources import ContainerNeed, PodRequest, model_matches
 from .topology import best_connected, connectivity, link_graph
@@ -292,7 +292,7 @@ class _Checks:
 
     __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
 
-    def __init__(self, view: View, gpu_pool: np.ndarray, model: np.ndarray, pool: int, container: ContainerNeed,
+    def __init__(self, view: View, gpu_pool: np.ndarray | None, model: np.ndarray, pool: int, container: ContainerNeed,
                  pod_key: str, model_lut: np.ndarray | None, cpu_milli: int = 0) -> None:
         self.need = Need(container, pod_key, cpu_milli)
         self.memory = self.need.memory(view)
@@ -303,8 +303,12 @@ class _Checks:
         self.sized = self.static if container.memory_mib is None else self.static & (self.memory <= view.mem_usable)
         self.units_ok = view.free_units >= container.units
         self.memory_ok = view.free_mem >= self.memory
-        self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
-        self.eligible = self.sized & self.units_ok & self.memory_ok & self.pool_ok
+        if gpu_pool is None:  # no pool named anywhere (see _Explainer)
+            self.pool_ok = np.ones(self.units_ok.shape, dtype=bool)
+            self.eligible = self.sized & self.units_ok & self.memory_ok
+        else:
+            self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
+            self.eligible = self.sized & self.units_ok & self.memory_ok & self.pool_ok
 
     def codes(self, node_pool_ok: np.ndarray, has_models: bool) -> np.ndarray:
         k = self.need.count
@@ -339,10 +343,12 @@ class _Explainer:
         if rows is None:
             return
         self.view = View(ledger, rows)
-        self.gpu_pool = ledger.gpu_pool.take(rows, axis=0)
         self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
         self.pool = ledger.find_pool_id(pod.pool)  # a lookup: evaluating never adds to the ledger
-        self.node_pool_ok = ledger.node_pool.take(rows) == self.pool
+        # With no pool named by any node or pod, every node and GPU is in the pod's (no) pool: nothing to compare.
+        self.pooled = self.pool != NO_POOL or ledger.pools_named()
+        self.gpu_pool = ledger.gpu_pool.take(rows, axis=0) if self.pooled else None
+        self.node_pool_ok = (ledger.node_pool.take(rows) == self.pool) if self.pooled else np.ones(len(rows), dtype=bool)
         self.pod_key = pod.uid or pod.key
         self.model_lut = None
         if pod.models is not None:
@@ -432,7 +438,8 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        fit, codes = self._with_host((checks.eligible.sum(axis=1) >= container.count) & self.node_pool_ok,
+        fit = checks.eligible.sum(axis=1) >= container.count
+        fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
                                      lambda: checks.codes(self.node_pool_ok, self.pod.models is not None))
         if not fit.any():  # nothing to choose GPUs on or score
             return fit, codes, np.zeros(len(fit))
