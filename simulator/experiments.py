@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 from typing import Callable, Sequence
 
 
@@ -98,7 +100,7 @@ def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: Poli
     if node_order == "shuffled":
         rng.shuffle(nodes)
     cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break, cache=cache)
-    meter = Fgd(workload)
+    meter = FragmentationMeter(Fgd(workload))
     queue = EventQueue()
     for i, pod in enumerate(order):
         queue.push(float(i), ARRIVE, pod)
@@ -119,10 +121,32 @@ def inflation(nodes: Sequence[NodeInventory], pods: Sequence[SimPod], make: Poli
     return result
 
 
-def checkpoint(cluster: SimCluster, meter: Fgd, arrived: int) -> Checkpoint:
+class FragmentationMeter:
+    """The cluster's FGD fragmentation (free units the target workload cannot use), kept per node and worked out
+    again only for the nodes whose ledger row changed since the last reading: a node's value depends on its row
+    alone, so the per-node values, and their sum, are those of measuring every node afresh."""
+
+    def __init__(self, fgd: Fgd) -> None:
+        self.fgd = fgd
+        self._versions: np.ndarray | None = None
+        self._values = np.zeros(0)
+
+    def per_node(self, cluster: SimCluster, free: np.ndarray, cpu: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per node, from :meth:`SimCluster.free_units_by_node`'s ``free``, ``cpu`` and ``rows``."""
+        versions = cluster.ledger.row_version[rows]
+        if self._versions is None or len(self._versions) != len(rows):
+            self._versions, self._values = np.full(len(rows), -1, dtype=np.int64), np.zeros(len(rows))
+        stale = np.flatnonzero(self._versions != versions)
+        if len(stale):
+            access = self.fgd.shape_access(View(cluster.ledger, rows[stale]))
+            self._values[stale] = self.fgd.fragmentation(free[stale], cpu[stale], access)
+            self._versions[stale] = versions[stale]
+        return self._values
+
+
+def checkpoint(cluster: SimCluster, meter: FragmentationMeter, arrived: int) -> Checkpoint:
     free, cpu, rows = cluster.free_units_by_node()
-    access = meter.shape_access(View(cluster.ledger, rows))
-    fragmented = float(meter.fragmentation(free, cpu, access).sum())
+    fragmented = float(meter.per_node(cluster, free, cpu, rows).sum())
     idle = float(free.sum())
     capacity = cluster.gpu_capacity
     return Checkpoint(arrived_pct=percent(arrived, capacity), allocated_pct=percent(cluster.allocated, capacity),

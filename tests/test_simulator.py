@@ -12,10 +12,10 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from extender.core import Ledger, evaluate
-from extender.core.policies import make_policy
+from extender.core.policies import View, make_policy
 from extender.core.policies.fgd import Fgd, target_workload
 from simulator.engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster
-from simulator.experiments import inflate, inflation
+from simulator.experiments import FragmentationMeter, inflate, inflation, workload_of
 from simulator.trace import (SETTINGS, SimPod, TraceError, dump_jsonl, load_cluster_file, load_jsonl, load_openb_nodes,
                              load_openb_pods, node_objects, sim_node, default_path)
 
@@ -244,3 +244,27 @@ def test_sim_cluster_never_over_commits_and_removal_frees():
     for name in placed:
         cluster.remove(name)
     assert cluster.allocated == 0 and ledger.used_units.sum() == 0 and ledger.cpu_used.sum() == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), every=st.integers(1, 40))
+def test_fragmentation_meter_kept_per_node_equals_measuring_every_node(seed, every):
+    # The inflation checkpoints work out fragmentation again only for nodes whose row changed; the values and
+    # their sum must be those of measuring every node afresh, at any reading, placements and removals between.
+    nodes, pods = small_trace(seed % 5)
+    workload = workload_of(pods)
+    cluster = SimCluster(nodes, make_policy("best-fit"), rng=random.Random(seed))
+    meter, fresh = FragmentationMeter(Fgd(workload)), Fgd(workload)
+    rng, placed, readings = random.Random(seed), [], 0
+    for i, pod in enumerate(pods):
+        if placed and rng.random() < 0.2:
+            cluster.remove(placed.pop(rng.randrange(len(placed))))
+        if cluster.place(pod, pod.name).node:
+            placed.append(pod.name)
+        if i % every == 0:
+            free, cpu, rows = cluster.free_units_by_node()
+            kept = meter.per_node(cluster, free, cpu, rows).copy()
+            afresh = fresh.fragmentation(free, cpu, fresh.shape_access(View(cluster.ledger, rows)))
+            assert kept.tolist() == afresh.tolist() and float(kept.sum()) == float(afresh.sum())
+            readings += 1
+    assert readings and placed
