@@ -24,7 +24,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
@@ -73,11 +72,11 @@ class _ShapeEntry:
         # the codes (the failure's reason) worth working out
         self.code = np.full(nodes, UNKNOWN, dtype=np.int64)
 
-    def misfit_counts(self) -> Counter:
-        return Counter(dict(misfit_counts(self.code)))
+    def misfit_counts(self) -> dict[str, int]:
+        return dict(misfit_counts(self.code))
 
 
-def _commonest(counts: Counter | dict) -> str:
+def _commonest(counts: dict[str, int]) -> str:
     """The category of the commonest misfit (ties: the smallest label); ``no-nodes`` when there is none."""
     return max(sorted(counts), key=counts.get) if counts else "no-nodes"
 

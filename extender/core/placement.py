@@ -222,6 +222,12 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     return Evaluation(pod, fit_names, scores[where], explainer, codes, absent)
 
 
+def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
+    out = np.empty(shape, dtype=bool)  # np.ones' Python wrapper costs twice as much on small arrays
+    out.fill(True)
+    return out
+
+
 def _bounded(scores: np.ndarray) -> np.ndarray:
     """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
     return np.minimum(np.maximum(scores, 0.0), 10.0)
@@ -240,12 +246,21 @@ def misfit_counts(codes: np.ndarray) -> list[tuple[str, int]]:
 
 def misfit_category(code: int) -> str:
     """A short, bounded label per misfit code (a metrics label: no node names, no numbers)."""
+    label = _CATEGORIES.get(code)
+    return label if label is not None else _category(code)
+
+
+def _category(code: int) -> str:
     fixed = {POOL: "pool", MODEL: "model", TOO_FEW: "too-few-gpus", TOO_BIG: "gpu-too-small", JOINT: "containers",
              HOST_CPU: "cpu", HOST_MEM: "host-memory", HOST_BOTH: "cpu+host-memory"}
     if code in fixed:
         return fixed[code]
     bits = code - RESOLVABLE
     return "+".join(label for bit, label in ((1, "units"), (2, "memory"), (4, "gpu-pool")) if bits & bit)
+
+
+_CATEGORIES = {code: _category(code) for code in (POOL, MODEL, TOO_FEW, TOO_BIG, JOINT, HOST_CPU, HOST_MEM, HOST_BOTH,
+                                                  *range(RESOLVABLE + 1, RESOLVABLE + 8))}
 
 
 def place(ledger: Ledger, pod: PodRequest, node: str, policy: Policy) -> Placement | Misfit:
@@ -304,7 +319,7 @@ class _Checks:
         self.units_ok = view.free_units >= container.units
         self.memory_ok = view.free_mem >= self.memory
         if gpu_pool is None:  # no pool named anywhere (see _Explainer)
-            self.pool_ok = np.ones(self.units_ok.shape, dtype=bool)
+            self.pool_ok = _all_true(self.units_ok.shape)
             self.eligible = self.sized & self.units_ok & self.memory_ok
         else:
             self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
@@ -340,6 +355,7 @@ class _Explainer:
         self.rows = rows
         self.generation = ledger.generation
         self.fit = _NO_NODES  # set by evaluate once a path has run
+        self._scans = 0
         if rows is None:
             return
         self.view = View(ledger, rows)
@@ -348,7 +364,7 @@ class _Explainer:
         # With no pool named by any node or pod, every node and GPU is in the pod's (no) pool: nothing to compare.
         self.pooled = self.pool != NO_POOL or ledger.pools_named()
         self.gpu_pool = ledger.gpu_pool.take(rows, axis=0) if self.pooled else None
-        self.node_pool_ok = (ledger.node_pool.take(rows) == self.pool) if self.pooled else np.ones(len(rows), dtype=bool)
+        self.node_pool_ok = (ledger.node_pool.take(rows) == self.pool) if self.pooled else _all_true(len(rows))
         self.pod_key = pod.uid or pod.key
         self.model_lut = None
         if pod.models is not None:
@@ -362,9 +378,10 @@ class _Explainer:
         return {n: i for i, n in enumerate(self.names)}
 
     def find(self, name: str) -> int | None:
-        """The position of candidate ``name``, None if it was not evaluated (a short list is scanned: cheaper
-        than building its index)."""
-        if len(self.names) <= 32:
+        """The position of candidate ``name``, None if it was not evaluated. A short list is scanned, and a long
+        one the first two times (the simulator asks twice): cheaper than building its index."""
+        if len(self.names) <= 32 or ("index" not in self.__dict__ and self._scans < 2):
+            self._scans += 1
             try:
                 return self.names.index(name)
             except ValueError:
