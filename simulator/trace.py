@@ -35,6 +35,7 @@ Every bad row stops the load with ``TraceError`` naming the file and line of eac
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -94,12 +95,16 @@ class SimPod:
         return self.cpu_milli, self.gpu_count, self.gpu_milli, self.models
 
     def request(self, uid: str | None = None) -> PodRequest:
-        containers = ()
-        if self.gpu_count:
-            containers = (ContainerNeed("main", "app", self.gpu_milli, self.gpu_count, self.gpu_memory_mib),)
+        containers = _containers(self.gpu_milli, self.gpu_count, self.gpu_memory_mib) if self.gpu_count else ()
         return PodRequest(uid=uid or self.name, namespace="sim", name=self.name, pool=self.pool, models=self.models,
                           containers=containers, phases=((0,),) if containers else (), cpu_milli=self.cpu_milli,
                           memory_mib=self.memory_mib)
+
+
+@functools.lru_cache(maxsize=4096)
+def _containers(milli: int, count: int, memory_mib: int | None) -> tuple[ContainerNeed, ...]:
+    """A simulated pod's one GPU container (immutable: pods of a shape share it)."""
+    return (ContainerNeed("main", "app", milli, count, memory_mib),)
 
 
 def sim_node(name: str, *, cpu_milli: int, memory_mib: int, gpus: int, model: str | None,

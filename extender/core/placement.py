@@ -156,7 +156,8 @@ class Evaluation:
         i = self._explainer.find(node)
         if i is None or not self._explainer.fit[i]:
             raise KeyError(f"node {node} does not fit pod {self.pod.key}")
-        return self._explainer.placement(node, self.score_of(node))
+        score = float(self.scores[np.count_nonzero(self._explainer.fit[:i])])  # fits keep candidate order
+        return self._explainer.placement(i, node, score)
 
     def misfit_codes(self) -> tuple[list[str], np.ndarray]:
         """The known candidate nodes that do not fit and each one's misfit code (:func:`misfit_category` names it)."""
@@ -519,23 +520,23 @@ class _Explainer:
         gpus = self.inventory(i).gpus
         out = []
         for c_ix, container in enumerate(self.pod.containers):
-            memory = self.checks[c_ix].memory[i]
-            shares = tuple(
-                GpuShare(index=gpus[p].index, uuid=gpus[p].uuid, units=container.units, memory_mib=int(memory[p]))
+            memory = self.checks[c_ix].memory[i].tolist()
+            shares = tuple([
+                GpuShare(index=gpus[p].index, uuid=gpus[p].uuid, units=container.units, memory_mib=memory[p])
                 for p in sorted(found[c_ix])
-            )
+            ])
             out.append(ContainerAssignment(name=container.name, kind=container.kind, gpus=shares))
         return tuple(out)
 
     # -------------------------------------------------------------- answers after evaluation
-    def placement(self, node: str, score: float) -> Placement:
-        i = self._position(node)
+    def placement(self, i: int, node: str, score: float) -> Placement:
+        """The placement on candidate ``i`` (named ``node``), which fits."""
         if not self.pod.wants_gpu:
             return Placement(node=node, score=score, containers=())
         if self.pod.single is None:
             return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
         container = self.pod.single
-        eligible = np.flatnonzero(self.checks[0].eligible[i]).tolist()
+        eligible = self.checks[0].eligible[i].nonzero()[0].tolist()
         preference = self.preference[i].tolist()  # Python floats: the same order, cheaper to compare
         inventory: NodeInventory = self.inventory(i)
         if container.count > 1 and inventory.links is not None:
