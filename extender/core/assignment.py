@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
@@ -59,7 +60,7 @@ class Assignment:
         """Per GPU index: (units, MiB) charged = per resource, the maximum over the pod's phases of the sum of
         the shares of the containers running in that phase (the Kubernetes effective-request rule)."""
         if len(self.containers) == 1:  # one phase, one container, distinct GPUs: its shares as they are
-            return {s.index: (s.units, s.memory_mib) for s in sorted(self.containers[0].gpus, key=_by_index)}
+            return {s.index: (s.units, s.memory_mib) for s in sorted(self.containers[0].gpus, key=attrgetter("index"))}
         phases = phases_of(tuple(c.kind for c in self.containers))
         charged: dict[int, tuple[int, int]] = {}
         for phase in phases:
@@ -73,10 +74,6 @@ class Assignment:
                 old_units, old_memory = charged.get(index, (0, 0))
                 charged[index] = (max(old_units, units), max(old_memory, memory))
         return dict(sorted(charged.items()))
-
-
-def _by_index(share: GpuShare) -> int:
-    return share.index
 
 
 class _Share(BaseModel):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -515,6 +516,9 @@ def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
 
 
 def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:
+    if len(assignment.containers) == 1:  # its shares as they are (Assignment.charges), without the arithmetic
+        shares = sorted(assignment.containers[0].gpus, key=attrgetter("index"))
+        return tuple([_Charge(index=s.index, uuid=s.uuid, units=s.units, memory_mib=s.memory_mib) for s in shares])
     uuids = {s.index: s.uuid for c in assignment.containers for s in c.gpus}
     return tuple(
         _Charge(index=index, uuid=uuids[index], units=units, memory_mib=memory)
