@@ -21,7 +21,7 @@ Two paths, one answer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import combinations, repeat
 from typing import Callable, Literal, Sequence
 
@@ -229,6 +229,14 @@ def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=None)
+def _one_hot(width: int) -> np.ndarray:
+    """Row p: True at column p alone (read-only; shared)."""
+    out = np.eye(width, dtype=bool)
+    out.flags.writeable = False
+    return out
+
+
 def _bounded(scores: np.ndarray) -> np.ndarray:
     """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
     return np.minimum(np.maximum(scores, 0.0), 10.0)
@@ -304,27 +312,48 @@ class _Messages:
 
 
 class _Checks:
-    """Per-GPU checks of one container against gathered rows, shape (nodes, GPUs)."""
+    """Per-GPU checks of one container against gathered rows, shape (nodes, GPUs).
 
-    __slots__ = ("need", "memory", "static", "sized", "units_ok", "memory_ok", "pool_ok", "eligible", "model_ok")
+    ``eligible`` (every check passes), ``units_ok`` and ``memory_ok`` are worked out at once; ``model_ok``,
+    ``static`` (offered and of an allowed model), ``sized`` (and big enough) and ``pool_ok``, which only explain
+    misfits, when first read, from arrays gathered at evaluation time.
+    """
+
+    _LAZY = frozenset({"model_ok", "static", "sized", "pool_ok"})
 
     def __init__(self, view: View, gpu_pool: np.ndarray | None, model: np.ndarray, pool: int, container: ContainerNeed,
                  pod_key: str, model_lut: np.ndarray | None, cpu_milli: int = 0) -> None:
         self.need = Need(container, pod_key, cpu_milli)
         self.memory = self.need.memory(view)
-        offered = view.offered_units > 0
-        self.model_ok = offered if model_lut is None else model_lut[model]
-        self.static = offered if model_lut is None else offered & self.model_ok
-        # memory derived from units (floor(units * usable / unitsPerGpu), units <= unitsPerGpu) is never above usable
-        self.sized = self.static if container.memory_mib is None else self.static & (self.memory <= view.mem_usable)
+        self._offered = view.offered_units  # gathered now: what the lazy checks read
+        self._mem_usable = view.mem_usable
+        self._gpu_pool, self._model, self._pool, self._model_lut = gpu_pool, model, pool, model_lut
+        self._memory_given = container.memory_mib is not None
         self.units_ok = view.free_units >= container.units
         self.memory_ok = view.free_mem >= self.memory
-        if gpu_pool is None:  # no pool named anywhere (see _Explainer)
-            self.pool_ok = _all_true(self.units_ok.shape)
-            self.eligible = self.sized & self.units_ok & self.memory_ok
+        if model_lut is None and not self._memory_given and container.units > 0:
+            # sized is "offered" here, and a GPU that offers nothing has free units <= 0 < units: units_ok says it
+            eligible = self.units_ok & self.memory_ok
         else:
-            self.pool_ok = (gpu_pool == EMPTY_POOL) | (gpu_pool == pool)
-            self.eligible = self.sized & self.units_ok & self.memory_ok & self.pool_ok
+            eligible = self.sized & self.units_ok & self.memory_ok
+        self.eligible = eligible if gpu_pool is None else eligible & self.pool_ok
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # called only while the attribute is not yet set
+        if name not in _Checks._LAZY:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name == "pool_ok":
+            gpu_pool = self._gpu_pool
+            # gpu_pool is None when no pool is named anywhere (see _Explainer): every GPU is in the pod's
+            value = _all_true(self.units_ok.shape) if gpu_pool is None else (gpu_pool == EMPTY_POOL) | (gpu_pool == self._pool)
+        elif name == "model_ok":
+            value = self._offered > 0 if self._model_lut is None else self._model_lut[self._model]
+        elif name == "static":
+            value = self._offered > 0 if self._model_lut is None else (self._offered > 0) & self.model_ok
+        else:  # sized; memory derived from units (floor(units * usable / unitsPerGpu)) is never above usable
+            value = self.static & (self.memory <= self._mem_usable) if self._memory_given else self.static
+        setattr(self, name, value)
+        return value
 
     def codes(self, node_pool_ok: np.ndarray, has_models: bool) -> np.ndarray:
         k = self.need.count
@@ -365,7 +394,8 @@ class _Explainer:
         # With no pool named by any node or pod, every node and GPU is in the pod's (no) pool: nothing to compare.
         self.pooled = self.pool != NO_POOL or ledger.pools_named()
         self.gpu_pool = ledger.gpu_pool.take(rows, axis=0) if self.pooled else None
-        self.node_pool_ok = (ledger.node_pool.take(rows) == self.pool) if self.pooled else _all_true(len(rows))
+        if self.pooled:
+            self.node_pool_ok = ledger.node_pool.take(rows) == self.pool
         self.pod_key = pod.uid or pod.key
         self.model_lut = None
         if pod.models is not None:
@@ -373,6 +403,13 @@ class _Explainer:
             self.model_lut = np.array([model_matches(pod.models, m) for m in names_] + [False], dtype=bool)
         self.searched_rows: dict[int, dict[int, tuple[int, ...]]] = {}
         self.checks: list[_Checks] = []
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # called only while the attribute is not yet set
+        if name == "node_pool_ok":  # not pooled (see __init__): every node is in the pod's (no) pool
+            self.node_pool_ok = _all_true(len(self.names))
+            return self.node_pool_ok
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -414,7 +451,7 @@ class _Explainer:
         if not pod.wants_host:
             return None
         ledger = self.ledger
-        return ledger.cpu_room.take(self.rows) >= pod.cpu_milli, ledger.host_mem_room.take(self.rows) >= pod.memory_mib
+        return self.view.cpu_room >= pod.cpu_milli, ledger.host_mem_room.take(self.rows) >= pod.memory_mib
 
     @staticmethod
     def host_codes(room: tuple[np.ndarray, np.ndarray] | None, nodes: int) -> np.ndarray:
@@ -464,8 +501,8 @@ class _Explainer:
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
-        if k == 1:  # the best GPU of each fitting node
-            taken = (np.arange(self.preference.shape[1]) == self.preference.argmax(axis=1)[:, None]) & fit[:, None]
+        if k == 1:  # the best GPU of each node (a node that does not fit gets one too: its score is dropped)
+            taken = _one_hot(self.preference.shape[1]).take(self.preference.argmax(axis=1), axis=0)
         else:  # its k best GPUs
             taken = np.zeros(checks.memory.shape, dtype=bool)
             row_ix = np.nonzero(fit)[0][:, None]
