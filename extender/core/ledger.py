@@ -510,8 +510,9 @@ def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
     charges = tuple(charges)
     if not charges:
         return None
-    if any(c.units < units_per_gpu for c in charges):
-        return 0
+    for charge in charges:
+        if charge.units < units_per_gpu:
+            return 0
     return min(len(charges), KIND_SLOTS - 1)
 
 

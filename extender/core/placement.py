@@ -328,6 +328,7 @@ class _Checks:
         self._offered = view.offered_units  # gathered now: what the lazy checks read
         self._mem_usable = view.mem_usable
         self._gpu_pool, self._model, self._pool, self._model_lut = gpu_pool, model, pool, model_lut
+        self.pooled = gpu_pool is not None
         self._memory_given = container.memory_mib is not None
         self.units_ok = view.free_units >= container.units
         self.memory_ok = view.free_mem >= self.memory
@@ -355,20 +356,24 @@ class _Checks:
         setattr(self, name, value)
         return value
 
-    def codes(self, node_pool_ok: np.ndarray, has_models: bool) -> np.ndarray:
+    def codes(self, node_pool_ok: np.ndarray | None, has_models: bool) -> np.ndarray:
+        """Misfit code per node (``FIT`` where it fits); ``node_pool_ok`` None: every node is in the pod's pool."""
         k = self.need.count
         sized = self.sized
         # which checks blocked the GPUs that are otherwise usable: every one is named in the message
-        bits = ((sized & ~self.units_ok).any(axis=1) * 1 + (sized & ~self.memory_ok).any(axis=1) * 2
-                + (sized & ~self.pool_ok).any(axis=1) * 4)
+        bits = (sized & ~self.units_ok).any(axis=1) * 1 + (sized & ~self.memory_ok).any(axis=1) * 2
+        if self.pooled:  # else no GPU is held by another pool
+            bits += (sized & ~self.pool_ok).any(axis=1) * 4
         # the first that holds wins: node pool, model, too few GPUs, too small GPUs, fit, else the blocking bits
         codes = RESOLVABLE + bits
         codes[self.eligible.sum(axis=1) >= k] = FIT
-        codes[sized.sum(axis=1) < k] = TOO_BIG
+        if sized is not self.static:  # else "too small" is "too few", which follows
+            codes[sized.sum(axis=1) < k] = TOO_BIG
         codes[self.static.sum(axis=1) < k] = TOO_FEW
         if has_models:
             codes[self.model_ok.sum(axis=1) == 0] = MODEL
-        codes[~node_pool_ok] = POOL
+        if node_pool_ok is not None:
+            codes[~node_pool_ok] = POOL
         return codes
 
 
@@ -495,7 +500,8 @@ class _Explainer:
         self.checks = [checks]
         fit = checks.eligible.sum(axis=1) >= container.count
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
-                                     lambda: checks.codes(self.node_pool_ok, self.pod.models is not None))
+                                     lambda: checks.codes(self.node_pool_ok if self.pooled else None,
+                                                          self.pod.models is not None))
         if not fit.any():  # nothing to choose GPUs on or score
             return fit, codes, np.zeros(len(fit))
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
@@ -516,7 +522,7 @@ class _Explainer:
         pod = self.pod
         self.checks = [self._checks(c) for c in pod.containers]
         has_models = pod.models is not None
-        per_container = [c.codes(self.node_pool_ok, has_models) for c in self.checks]
+        per_container = [c.codes(self.node_pool_ok if self.pooled else None, has_models) for c in self.checks]
         # A node is statically out if any container is; otherwise search it.
         codes = np.zeros(len(self.names), dtype=np.int64)
         for container_codes in per_container:
