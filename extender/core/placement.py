@@ -508,7 +508,8 @@ class _Explainer:
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
         if k == 1:  # the best GPU of each node (a node that does not fit gets one too: its score is dropped)
-            taken = _one_hot(self.preference.shape[1]).take(self.preference.argmax(axis=1), axis=0)
+            self.best_gpu = self.preference.argmax(axis=1)  # the first of the best: the order placement() uses
+            taken = _one_hot(self.preference.shape[1]).take(self.best_gpu, axis=0)
         else:  # its k best GPUs
             taken = np.zeros(checks.memory.shape, dtype=bool)
             row_ix = np.nonzero(fit)[0][:, None]
@@ -579,6 +580,10 @@ class _Explainer:
         if self.pod.single is None:
             return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
         container = self.pod.single
+        if container.count == 1:  # the GPU vectorised() took: highest preference, lowest position among equals
+            best = int(self.best_gpu[i])
+            if self.checks[0].eligible[i, best]:  # (unless a policy ranked every usable GPU -inf)
+                return Placement(node=node, score=score, containers=self._containers(i, {0: (best,)}))
         eligible = self.checks[0].eligible[i].nonzero()[0].tolist()
         preference = self.preference[i].tolist()  # Python floats: the same order, cheaper to compare
         inventory: NodeInventory = self.inventory(i)
