@@ -8,7 +8,7 @@ from extender.core import placement as core_placement
 from extender.core.resources import ContainerNeed
 from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_node, parse_pod, place
 from extender.core.cluster import build_ledger
-from extender.core.policies import Need
+from extender.core.policies import POLICIES, Need
 from extender.testing.factories import container, gpu_node, gpu_pod
 
 S = CoreSettings()
@@ -257,3 +257,31 @@ def test_misfit_codes_follow_the_documented_precedence(data):
             expected = core_placement.RESOLVABLE + sum(bit for bit, ok in ((1, checks.units_ok[i]), (2, checks.memory_ok[i]),
                                                                       (4, checks.pool_ok[i])) if (sized & ~ok).any())
         assert codes[i] == expected, (i, codes, expected)
+
+
+# ------------------------------------------------------------------ one-GPU choice: the evaluation's pick, re-derived
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), policy=st.sampled_from(sorted(POLICIES) + ["fgd"]))
+def test_one_gpu_choice_is_the_highest_preference_lowest_position(data, policy):
+    # placement() reads the GPU vectorised() took; it must be the first of the eligible GPUs ordered by
+    # (highest preference, lowest position), the order the general path sorts by.
+    chosen_policy = make_policy(policy, workload=[(0, 1, 500, None, 1.0)]) if policy == "fgd" else make_policy(policy)
+    nodes = [gpu_node(f"n{i}", gpus=data.draw(st.integers(1, 4)), memory_mib=16000) for i in range(3)]
+    pods = []
+    for j in range(data.draw(st.integers(0, 6))):
+        pods.append((f"p{j}", data.draw(st.integers(1, 100)), data.draw(st.sampled_from(["n0", "n1", "n2"]))))
+    ledger = cluster(*nodes)
+    for name, units, node in pods:
+        evaluation = evaluate(ledger, parse_pod(gpu_pod(name, units=units, uid=f"u-{name}"), S), [node], BINPACK)
+        if evaluation.fits:
+            placement = evaluation.placement(node)
+            ledger.reserve(placement.assignment(evaluation.pod, "binpack"))
+    request = parse_pod(gpu_pod("x", units=data.draw(st.integers(1, 100)), uid="u-x"), S)
+    evaluation = evaluate(ledger, request, ["n0", "n1", "n2"], chosen_policy)
+    explainer = evaluation._explainer
+    for node in evaluation.fits:
+        i = explainer.names.index(node)
+        eligible = np.flatnonzero(explainer.checks[0].eligible[i]).tolist()
+        expected = sorted(eligible, key=lambda p: (-explainer.preference[i][p], p))[0]
+        got = evaluation.placement(node).containers[0].gpus[0].index
+        assert got == explainer.inventory(i).gpus[expected].index
