@@ -363,9 +363,9 @@ class Ledger:
             count = int(self.gpu_count[row])
             nodes[name] = [
                 (int(self.used_units[row, p]), int(self.used_mem[row, p]), int(self.pods[row, p]),
-                 int(self.gpu_pool[row, p]))
+                 int(self.gpu_pool[row, p]), int(self.free_units[row, p]), int(self.free_mem[row, p]))
                 for p in range(count)
-            ]
+            ] + [(int(self.cpu_room[row]), int(self.host_mem_room[row]))]
         return {"nodes": nodes, "assignments": {u: self._assignments[u] for u in uids}}
 
     # ---------------------------------------------------------------- internals
@@ -404,6 +404,9 @@ class Ledger:
                 if self.gpu_shape[row, pos] != charge.units:
                     self.gpu_shape[row, pos] = -1
             self.pods[row, pos] += 1
+            # free capacity of this GPU, as _refresh_free works it out for the whole row
+            self.free_units[row, pos] = self.offered_units[row, pos] - self.used_units[row, pos]
+            self.free_mem[row, pos] = self.mem_usable[row, pos] - max(self.used_mem[row, pos], self.observed[row, pos])
             shape = min(charge.units, self.units_per_gpu)
             if shapes[shape] == 0:
                 self.shape_kinds[row] += 1  # distinct shares on the node (shape_count is cleared with it)
@@ -411,7 +414,11 @@ class Ledger:
         kind = pod_kind(self._charges[uid], self.units_per_gpu)
         if kind is not None:
             self.kind_count[row, kind] += 1
-        self._refresh_free(row)
+        if self.cpu_total[row] != UNACCOUNTED:
+            self.cpu_room[row] -= assignment.cpu_milli
+        if self.host_mem_total[row] != UNACCOUNTED:
+            self.host_mem_room[row] -= assignment.memory_mib
+        self._changed(row)
 
     def _recompute_row(self, name: str, row: int) -> None:
         for array in (self.used_units, self.used_mem, self.pods, self.gpu_shape):
@@ -433,6 +440,9 @@ class Ledger:
         cpu, memory = int(self.cpu_total[row]), int(self.host_mem_total[row])
         self.cpu_room[row] = UNLIMITED if cpu == UNACCOUNTED else cpu - int(self.cpu_used[row])
         self.host_mem_room[row] = UNLIMITED if memory == UNACCOUNTED else memory - int(self.host_mem_used[row])
+        self._changed(row)
+
+    def _changed(self, row: int) -> None:
         self.generation += 1
         self.row_version[row] = self.generation  # monotonic: a policy's per-row cache is valid while it matches
 
@@ -517,6 +527,8 @@ def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
 
 
 def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:
+    if not assignment.containers:  # a pod that holds host resources only
+        return ()
     if len(assignment.containers) == 1:  # its shares as they are (Assignment.charges), without the arithmetic
         shares = sorted(assignment.containers[0].gpus, key=attrgetter("index"))
         return tuple([_Charge(index=s.index, uuid=s.uuid, units=s.units, memory_mib=s.memory_mib) for s in shares])
