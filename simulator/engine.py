@@ -30,14 +30,13 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import Evaluation, misfit_counts
+from extender.core.placement import FIT, Evaluation, misfit_counts
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
 from .trace import SETTINGS, SimPod
 
 TieBreak = Literal["random", "first", "name"]
-UNKNOWN = -1  # a node's misfit code not yet worked out
 COMPLETE, ARRIVE, RETRY = 0, 1, 2  # event priorities at the same instant
 
 
@@ -63,14 +62,17 @@ class EventQueue:
 
 
 class _ShapeEntry:
-    """One pod shape's last answer per node, and the ledger row version it was computed at."""
+    """One pod shape's last answer per node. Every node was answered again when the shape was last evaluated
+    if its row had changed, so all answers hold as of ``generation`` (the ledger's then): a node whose row version
+    is above it has changed since."""
 
     def __init__(self, nodes: int) -> None:
-        self.versions = np.full(nodes, -1, dtype=np.int64)
+        self.generation = -1
         self.scores = np.full(nodes, -np.inf)  # the score as compared (cut); -inf where the node does not fit
-        # misfit code per node (FIT where it fits), UNKNOWN until a pod of the shape fits nowhere: only then are
-        # the codes (the failure's reason) worth working out
-        self.code = np.full(nodes, UNKNOWN, dtype=np.int64)
+        # misfit code per node (FIT where it fits) and the row version it was worked out at: codes are worked out
+        # only when a pod of the shape fits nowhere (the failure's reason), for the nodes whose code is stale
+        self.code = np.full(nodes, FIT, dtype=np.int64)
+        self.code_versions = np.full(nodes, -1, dtype=np.int64)
 
     def misfit_counts(self) -> dict[str, int]:
         return dict(misfit_counts(self.code))
@@ -144,7 +146,7 @@ class SimCluster:
         if entry is None:
             entry = self._shapes[pod.shape_key] = _ShapeEntry(len(self.names))
         versions = self.ledger.row_version[self._row_index]
-        stale = (entry.versions != versions).nonzero()[0]
+        stale = (versions > entry.generation).nonzero()[0]
         evaluation = None
         scores = entry.scores
         if len(stale):
@@ -156,26 +158,28 @@ class SimCluster:
                 stale = np.concatenate((stale, (top,)))
             evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
             scores[stale[evaluation.fit_mask]] = self._cut(evaluation.scores)  # every node has an inventory
-            entry.code[stale] = UNKNOWN
-            entry.versions[stale] = versions[stale]
+            entry.generation = self.ledger.generation
         first = int(scores.argmax())
         best = scores[first]
         if best == -np.inf:
-            return None, evaluation, self._reason(entry, request, stale, evaluation)
+            return None, evaluation, self._reason(entry, request, versions, stale, evaluation)
         node = self.names[first] if self.tie_break == "first" else self._tied(np.flatnonzero(scores == best))
         if evaluation is None or not evaluation.evaluated(node):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None
 
-    def _reason(self, entry: _ShapeEntry, request, stale: np.ndarray, evaluation: Evaluation | None) -> str:
-        """Why a pod fits on no node: the commonest misfit. Codes not yet known are worked out now; every node's
-        row is as it was when its answer was kept, so evaluating it again gives that same answer."""
+    def _reason(self, entry: _ShapeEntry, request, versions: np.ndarray, stale: np.ndarray,
+                evaluation: Evaluation | None) -> str:
+        """Why a pod fits on no node: the commonest misfit. Codes not known for a node's current row are worked
+        out now; every node's row is as it was when its answer was kept, so evaluating it again gives that answer."""
         if evaluation is not None:
             entry.code[stale] = evaluation.outcome()[1]
-        unknown = np.flatnonzero(entry.code == UNKNOWN)
+            entry.code_versions[stale] = versions[stale]
+        unknown = np.flatnonzero(entry.code_versions != versions)
         if len(unknown):
             again = evaluate(self.ledger, request, [self.names[i] for i in unknown.tolist()], self.policy)
             entry.code[unknown] = again.outcome()[1]
+            entry.code_versions[unknown] = versions[unknown]
         return _commonest(entry.misfit_counts())
 
     def remove(self, uid: str) -> None:

@@ -198,9 +198,11 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Poli
     if not pod.wants_gpu and not pod.wants_host:
         return Evaluation(pod, list(nodes), np.zeros(len(nodes)), _Explainer(ledger, pod, [], None))
     absent: dict[str, tuple[str, str]] = {}
-    rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
     known = nodes
-    if len(rows) and rows.min() < 0:
+    try:
+        rows = np.fromiter(map(ledger._rows.__getitem__, nodes), dtype=np.int64, count=len(nodes))
+    except KeyError:  # some candidates have no inventory
+        rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
         for name, row in zip(nodes, rows.tolist()):
             if row < 0:
                 problem = ledger.problem(name)

@@ -46,9 +46,8 @@ class BestFit(Policy):
         return self.name if self.dims == DIMS[0] else f"{self.name}(dims={self.dims})"
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
-        units_left = view.free_units - need.units
         memory_left = (view.free_mem - memory) / (view.mem_usable + 1)  # in [0, 1): a tie-break only
-        return -(units_left + memory_left)
+        return (need.units - view.free_units) - memory_left  # -(units left + memory left), bit for bit
 
     def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
         max_units, max_mem = view.ledger.max_node_capacity()
