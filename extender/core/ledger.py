@@ -222,11 +222,11 @@ class Ledger:
                 f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(int(self.node_pool[row]))!r}, "
                 f"the pod in pool {assignment.pool!r}"
             )
-        for what, asked, total, used in (("CPU (milli)", assignment.cpu_milli, self.cpu_total, self.cpu_used),
-                                         ("memory MiB", assignment.memory_mib, self.host_mem_total, self.host_mem_used)):
-            if asked and total[row] != UNACCOUNTED and asked > total[row] - used[row]:
+        for what, asked, room in (("CPU (milli)", assignment.cpu_milli, self.cpu_room),
+                                  ("memory MiB", assignment.memory_mib, self.host_mem_room)):
+            if asked and asked > room[row]:  # the room is unlimited where the node does not account it
                 raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
-                                     f"{total[row] - used[row]} free")
+                                     f"{room[row]} free")
         charges = _charges_of(assignment)
         for charge in charges:
             pos = self._position(row, charge)

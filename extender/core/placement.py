@@ -41,6 +41,7 @@ JOINT = 16
 HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
 SEARCH_BUDGET = 20_000
 _HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
+_NO_GPU = ContainerNeed("host", "app", 0, 0, 0)  # what policies see of a pod that asks for host resources only
 _NO_NODES = np.zeros(0, dtype=bool)
 _NO_NODES.flags.writeable = False
 
@@ -486,13 +487,14 @@ class _Explainer:
 
     # -------------------------------------------------------------- no GPU: host resources only (simulator)
     def host_only(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        codes = self.host_codes(self.host_room(), len(self.names))
-        fit = codes == FIT
-        shape = self.view.free_units.shape
-        zeros = np.zeros(shape, dtype=np.int64)
-        need = Need(ContainerNeed("host", "app", 0, 0, 0), self.pod_key, self.pod.cpu_milli)
-        scores = policy.node_score(self.view, need, zeros, zeros) if fit.any() else np.zeros(len(fit))
-        return fit, codes, _bounded(scores)
+        room = self.host_room()
+        cpu_ok, memory_ok = room  # a pod on this path asks for host resources
+        fit = cpu_ok & memory_ok
+        if not fit.any():
+            return fit, self.host_codes(room, len(fit)), np.zeros(len(fit))
+        zeros = np.zeros(self.view.free_units.shape, dtype=np.int64)
+        need = Need(_NO_GPU, self.pod_key, self.pod.cpu_milli)
+        return fit, lambda: self.host_codes(room, len(fit)), _bounded(policy.node_score(self.view, need, zeros, zeros))
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
