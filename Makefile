@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_sim.py
+	$(PY) benchmarks/bench_sim_floor.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .cache
