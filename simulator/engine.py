@@ -7,9 +7,10 @@
   :func:`~extender.core.evaluate` over every node, picks the best score with the configured tie-break, takes the
   GPUs :meth:`~extender.core.placement.Evaluation.placement` chose and reserves them: the same steps as the
   extender's Filter, Prioritize and Bind. For ``node_local`` policies it keeps, per pod shape, every node's last
-  answer with the ledger row version it was computed at, and evaluates again only the nodes whose row changed,
-  with the best unchanged node among them so that the chosen node's GPUs come from that one call
-  (``cache=False`` evaluates every node at every pod; both decide alike, as a test checks for every policy).
+  answer and the ledger generation when the shape was last evaluated, and evaluates again only the nodes whose
+  row changed since (their row version is newer), with the best unchanged node among them so that the chosen
+  node's GPUs come from that one call (``cache=False`` evaluates every node at every pod; both decide alike, as
+  a test checks for every policy).
 
 Tie-break (reported with every result, since published numbers depend on it):
 

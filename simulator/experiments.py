@@ -16,10 +16,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
-
-import numpy as np
 from typing import Callable, Sequence
 
+import numpy as np
 
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy, View
