@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
@@ -59,8 +58,6 @@ class Assignment:
     def charges(self) -> dict[int, tuple[int, int]]:
         """Per GPU index: (units, MiB) charged = per resource, the maximum over the pod's phases of the sum of
         the shares of the containers running in that phase (the Kubernetes effective-request rule)."""
-        if len(self.containers) == 1:  # one phase, one container, distinct GPUs: its shares as they are
-            return {s.index: (s.units, s.memory_mib) for s in sorted(self.containers[0].gpus, key=attrgetter("index"))}
         phases = phases_of(tuple(c.kind for c in self.containers))
         charged: dict[int, tuple[int, int]] = {}
         for phase in phases:

@@ -529,7 +529,7 @@ def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
 def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:
     if not assignment.containers:  # a pod that holds host resources only
         return ()
-    if len(assignment.containers) == 1:  # its shares as they are (Assignment.charges), without the arithmetic
+    if len(assignment.containers) == 1:  # one phase: Assignment.charges() is the container's shares, as they are
         shares = sorted(assignment.containers[0].gpus, key=attrgetter("index"))
         return tuple([_Charge(index=s.index, uuid=s.uuid, units=s.units, memory_mib=s.memory_mib) for s in shares])
     uuids = {s.index: s.uuid for c in assignment.containers for s in c.gpus}
