@@ -142,7 +142,17 @@ class Evaluation:
         return self._messages[1]
 
     def score_of(self, node: str) -> float:
-        return float(self.scores[self.fits.index(node)])
+        return self._score_at(self._fitting(node))
+
+    def _fitting(self, node: str) -> int:
+        """The candidate position of a fitting ``node``; KeyError if it was not evaluated or does not fit."""
+        i = self._explainer.find(node)
+        if i is None or not self._explainer.fit[i]:
+            raise KeyError(f"node {node} does not fit pod {self.pod.key}")
+        return i
+
+    def _score_at(self, i: int) -> float:
+        return float(self.scores[np.count_nonzero(self._explainer.fit[:i])])  # fits keep candidate order
 
     def best(self, tie_break: Literal["name", "order"] = "name") -> str | None:
         """The fitting node with the highest score; ties go to the smallest name (or the first candidate)."""
@@ -154,11 +164,8 @@ class Evaluation:
 
     def placement(self, node: str) -> Placement:
         """The GPUs the pod gets on a fitting node."""
-        i = self._explainer.find(node)
-        if i is None or not self._explainer.fit[i]:
-            raise KeyError(f"node {node} does not fit pod {self.pod.key}")
-        score = float(self.scores[np.count_nonzero(self._explainer.fit[:i])])  # fits keep candidate order
-        return self._explainer.placement(i, node, score)
+        i = self._fitting(node)
+        return self._explainer.placement(i, node, self._score_at(i))
 
     def misfit_codes(self) -> tuple[list[str], np.ndarray]:
         """The known candidate nodes that do not fit and each one's misfit code (:func:`misfit_category` names it)."""
@@ -419,6 +426,11 @@ class _Explainer:
             return self.node_pool_ok
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    @property
+    def pool_mask(self) -> np.ndarray | None:
+        """Per node, whether it is in the pod's pool; None when no pool is named anywhere (all are)."""
+        return self.node_pool_ok if self.pooled else None
+
     @cached_property
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
@@ -504,8 +516,7 @@ class _Explainer:
         self.checks = [checks]
         fit = checks.eligible.sum(axis=1) >= container.count
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
-                                     lambda: checks.codes(self.node_pool_ok if self.pooled else None,
-                                                          self.pod.models is not None))
+                                     lambda: checks.codes(self.pool_mask, self.pod.models is not None))
         if not fit.any():  # nothing to choose GPUs on or score
             return fit, codes, np.zeros(len(fit))
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
@@ -527,7 +538,7 @@ class _Explainer:
         pod = self.pod
         self.checks = [self._checks(c) for c in pod.containers]
         has_models = pod.models is not None
-        per_container = [c.codes(self.node_pool_ok if self.pooled else None, has_models) for c in self.checks]
+        per_container = [c.codes(self.pool_mask, has_models) for c in self.checks]
         # A node is statically out if any container is; otherwise search it.
         codes = np.zeros(len(self.names), dtype=np.int64)
         for container_codes in per_container:
