@@ -4,11 +4,14 @@ Cluster for the single-node rows: node n, 2 GPUs x 16000 MiB, no reserve. "used"
 4000 MiB already on GPU 0. unitsPerGpu = 100. The node has 200 units and 32000 MiB in all.
 """
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extender.core import CoreSettings, evaluate, make_policy, parse_pod, place
 from extender.core.cluster import build_ledger
-from extender.core.policies import POLICIES
+from extender.core.policies import POLICIES, Take
 from extender.testing.factories import gpu_node, gpu_pod
 
 S = CoreSettings()
@@ -110,3 +113,19 @@ def test_scores_stay_in_range_on_a_crowded_cluster(policy):
     evaluation = evaluate(ledger, request, ["n", "m"], make_policy(policy, **kwargs))
     assert set(evaluation.fits) == {"n", "m"}
     assert all(0.0 <= s <= 10.0 for s in evaluation.scores)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 1000), st.data())
+def test_one_gpu_take_reads_as_the_same_take_given_per_gpu(nodes, width, units, data):
+    """Take.one_each works its arrays out lazily; each must equal the take built from the per-GPU charges."""
+    memory = np.array(data.draw(st.lists(st.lists(st.integers(0, 80_000), min_size=width, max_size=width),
+                                         min_size=nodes, max_size=nodes)), dtype=np.int64)
+    positions = np.array(data.draw(st.lists(st.integers(0, width - 1), min_size=nodes, max_size=nodes)))
+    per_gpu_units = np.zeros((nodes, width), dtype=np.int64)
+    per_gpu_mem = np.zeros((nodes, width), dtype=np.int64)
+    per_gpu_units[np.arange(nodes), positions] = units
+    per_gpu_mem[np.arange(nodes), positions] = memory[np.arange(nodes), positions]
+    given, lazy = Take(per_gpu_units, per_gpu_mem), Take.one_each(positions, units, memory)
+    for name in ("units_sum", "mem_sum", "charged", "units", "mem"):
+        assert np.array_equal(getattr(lazy, name), getattr(given, name)), name

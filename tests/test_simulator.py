@@ -57,6 +57,31 @@ def test_nodes_without_host_capacity_are_not_checked():  # the extender's nodes:
     assert evaluate(ledger, pod, ["g"], make_policy("binpack")).fits == ["g"]
 
 
+
+def test_cpu_left_is_zero_on_nodes_without_host_capacity_beside_nodes_with_it():
+    """cpu_left skips its mask while every node accounts CPU: the ledger must know when one stops doing so."""
+    from dataclasses import replace
+
+    from extender.core.policies import Need
+    from extender.core.policies.base import cpu_left
+    from extender.core.resources import ContainerNeed
+
+    ledger = Ledger(SETTINGS)
+    accounted = sim_node("a", cpu_milli=4000, memory_mib=8192, gpus=1, model="T4")
+    ledger.upsert_node(accounted)
+    assert ledger.accounts_cpu()
+    ledger.upsert_node(replace(sim_node("g", cpu_milli=1, memory_mib=1, gpus=1, model="T4"), cpu_milli=None))
+    assert not ledger.accounts_cpu()
+    need = Need(ContainerNeed("main", "app", 100, 1, None), "p", 1000)
+    assert cpu_left(View(ledger, np.array([ledger.row_of("a"), ledger.row_of("g")])), need).tolist() == [3000, 0]
+    ledger.remove_node("g")
+    assert ledger.accounts_cpu()
+    ledger.upsert_node(replace(accounted, cpu_milli=None))  # the same node, no longer accounting CPU
+    assert not ledger.accounts_cpu()
+    assert cpu_left(View(ledger, np.array([ledger.row_of("a")])), need).tolist() == [0]
+    ledger.upsert_node(accounted)  # and again accounting it
+    assert ledger.accounts_cpu()
+
 # ------------------------------------------------------------------ traces
 def test_the_embedded_openb_trace_loads_whole():
     nodes, pods = load_openb_nodes(), load_openb_pods()

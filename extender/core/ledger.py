@@ -83,6 +83,7 @@ class Ledger:
         self._problems: dict[str, str] = {}
         self._orphans: dict[str, str] = {}
         self._max_node: tuple[int, int, int] | None = None
+        self._cpu_unaccounted: set[int] = set()  # rows of live nodes whose inventory does not carry host CPU
         self.generation = 0
         self._grow(rows)
 
@@ -107,6 +108,10 @@ class Ledger:
         self.node_hash[row] = np.uint64(stable_hash(name))
         self.gpu_count[row] = len(inventory.gpus)
         self.cpu_total[row] = UNACCOUNTED if inventory.cpu_milli is None else inventory.cpu_milli
+        if inventory.cpu_milli is None:
+            self._cpu_unaccounted.add(row)
+        else:
+            self._cpu_unaccounted.discard(row)
         self.host_mem_total[row] = UNACCOUNTED if inventory.memory_mib is None else inventory.memory_mib
         gpus = inventory.gpus
         n = len(gpus)
@@ -130,6 +135,7 @@ class Ledger:
         if row is None:
             return
         self._clear_row(row)
+        self._cpu_unaccounted.discard(row)
         self._inventory[row] = None
         self._free_rows.append(row)
         self._max_node = None
@@ -174,6 +180,10 @@ class Ledger:
             cpu = self.cpu_total[: self._capacity][live]
             self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)), int(cpu.max(initial=0)))
         return self._max_node
+
+    def accounts_cpu(self) -> bool:
+        """Whether every node's inventory carries its host CPU (the simulator's do; the extender's do not)."""
+        return not self._cpu_unaccounted
 
     def pool_id(self, pool: str | None) -> int:
         if pool not in self._pool_ids:

@@ -21,7 +21,7 @@ Two paths, one answer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from itertools import combinations, repeat
 from typing import Callable, Literal, Sequence
 
@@ -30,7 +30,7 @@ import numpy as np
 from .assignment import Assignment, ContainerAssignment, GpuShare
 from .inventory import NodeInventory
 from .ledger import EMPTY_POOL, NO_POOL, Ledger
-from .policies import Need, Policy, View
+from .policies import Need, Policy, Take, View
 from .resources import ContainerNeed, PodRequest, model_matches
 from .topology import best_connected, connectivity, link_graph
 
@@ -42,6 +42,8 @@ HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where t
 SEARCH_BUDGET = 20_000
 _HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
 _NO_GPU = ContainerNeed("host", "app", 0, 0, 0)  # what policies see of a pod that asks for host resources only
+# what the GPU checks read of every candidate: gathered with the view, at once
+_GATHER = ("free_units", "free_mem", "offered_units", "mem_usable", "cpu_room")
 _NO_NODES = np.zeros(0, dtype=bool)
 _NO_NODES.flags.writeable = False
 
@@ -239,14 +241,6 @@ def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
-def _one_hot(width: int) -> np.ndarray:
-    """Row p: True at column p alone (read-only; shared)."""
-    out = np.eye(width, dtype=bool)
-    out.flags.writeable = False
-    return out
-
-
 def _bounded(scores: np.ndarray) -> np.ndarray:
     """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
     return np.minimum(np.maximum(scores, 0.0), 10.0)
@@ -403,7 +397,7 @@ class _Explainer:
         self._scans = 0
         if rows is None:
             return
-        self.view = View(ledger, rows)
+        self.view = View(ledger, rows, _GATHER if pod.wants_gpu else ())
         self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
         self.pool = ledger.find_pool_id(pod.pool)  # a lookup: evaluating never adds to the ledger
         # With no pool named by any node or pod, every node and GPU is in the pod's (no) pool: nothing to compare.
@@ -506,7 +500,7 @@ class _Explainer:
             return fit, self.host_codes(room, len(fit)), np.zeros(len(fit))
         zeros = np.zeros(self.view.free_units.shape, dtype=np.int64)
         need = Need(_NO_GPU, self.pod_key, self.pod.cpu_milli)
-        return fit, lambda: self.host_codes(room, len(fit)), _bounded(policy.node_score(self.view, need, zeros, zeros))
+        return fit, lambda: self.host_codes(room, len(fit)), _bounded(policy.node_score(self.view, need, Take(zeros, zeros)))
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -517,21 +511,20 @@ class _Explainer:
         fit = checks.eligible.sum(axis=1) >= container.count
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
                                      lambda: checks.codes(self.pool_mask, self.pod.models is not None))
-        if not fit.any():  # nothing to choose GPUs on or score
+        if not np.count_nonzero(fit):  # nothing to choose GPUs on or score (count_nonzero: cheaper than any())
             return fit, codes, np.zeros(len(fit))
         preference = policy.gpu_preference(self.view, checks.need, checks.memory)
         self.preference = np.where(checks.eligible, preference, -np.inf)
         k = container.count
         if k == 1:  # the best GPU of each node (a node that does not fit gets one too: its score is dropped)
             self.best_gpu = self.preference.argmax(axis=1)  # the first of the best: the order placement() uses
-            taken = _one_hot(self.preference.shape[1]).take(self.best_gpu, axis=0)
+            take = Take.one_each(self.best_gpu, container.units, checks.memory)
         else:  # its k best GPUs
             taken = np.zeros(checks.memory.shape, dtype=bool)
             row_ix = np.nonzero(fit)[0][:, None]
             taken[row_ix, np.argsort(-self.preference[fit], axis=1, kind="stable")[:, :k]] = True
-        take_units = taken * container.units
-        take_mem = np.where(taken, checks.memory, 0)
-        return fit, codes, _bounded(policy.node_score(self.view, checks.need, take_units, take_mem))
+            take = Take(taken * container.units, np.where(taken, checks.memory, 0))
+        return fit, codes, _bounded(policy.node_score(self.view, checks.need, take))
 
     # -------------------------------------------------------------- several containers, node by node
     def searched(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -558,7 +551,7 @@ class _Explainer:
             self.searched_rows[int(i)] = found
             take_units, take_mem = self._take(int(i), found)
             sub = View(self.ledger, self.rows[i : i + 1])
-            scores[i] = policy.node_score(sub, self.checks[largest].need, take_units[None], take_mem[None])[0]
+            scores[i] = policy.node_score(sub, self.checks[largest].need, Take(take_units[None], take_mem[None]))[0]
         return codes == FIT, codes, _bounded(scores)
 
     def _take(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:

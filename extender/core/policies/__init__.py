@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import MAX_SCORE, Need, Policy, View
+from .base import MAX_SCORE, Need, Policy, Take, View
 from .best_fit import BestFit
 from .binpack import Binpack
 from .dot_product import DotProduct
@@ -45,5 +45,5 @@ def make_policy(name: str, **params: object) -> Policy:
     return cls(**params)
 
 
-__all__ = ["MAX_SCORE", "POLICIES", "WORKLOAD_POLICIES", "DEFAULT_POLICY", "Need", "Policy", "RecentShapes", "View",
+__all__ = ["MAX_SCORE", "POLICIES", "WORKLOAD_POLICIES", "DEFAULT_POLICY", "Need", "Policy", "RecentShapes", "Take", "View",
            "make_policy", "target_workload"]

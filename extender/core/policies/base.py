@@ -4,8 +4,9 @@ A policy answers two questions with arrays, for many candidate nodes at once:
 
 * ``gpu_preference(view, need, memory)`` -> (nodes, GPUs) floats: which GPUs to take first on each node
   (higher first; ties go to the lower GPU index). GPUs that cannot take the request are masked by the caller.
-* ``node_score(view, need, take_units, take_mem)`` -> (nodes,) floats in [0, 10]: how good each node is, given
-  what the pod would be charged on each of its GPUs (``take_*``, shape (nodes, GPUs)).
+* ``node_score(view, need, take)`` -> (nodes,) floats in [0, 10]: how good each node is, given what the pod
+  would be charged there (:class:`Take`: per GPU, or per node, each worked out when first read; most policies
+  need the per-node sums alone).
 
 Node score and GPU choice come from the same policy object, so the extender and the simulator place alike.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -34,18 +36,22 @@ class View:
     ``free_units``, ``free_mem``, ``offered_units``, ``mem_usable``, ``used_units``, ``used_mem``, ``pods``,
     ``gpu_shape`` (nodes, GPUs); ``cpu_total`` (nodes: host CPU in milli-cores, -1 where the core does not
     account it, the extender's nodes), ``cpu_free`` (nodes), ``cpu_room`` (nodes: ``cpu_free``, or
-    ``ledger.UNLIMITED`` where CPU is not accounted) and ``positions`` (nodes, GPUs: the GPU's column).
+    ``ledger.UNLIMITED`` where CPU is not accounted), ``free_units_sum`` (nodes: free units, a GPU's negative
+    free counted as 0) and ``positions`` (nodes, GPUs: the GPU's column). ``gather`` names arrays the caller
+    knows it will read: gathered at once, which costs less than one by one.
     """
 
     _GATHERED = frozenset({"free_units", "free_mem", "offered_units", "mem_usable", "used_units", "used_mem", "pods",
                            "gpu_shape", "cpu_total", "cpu_room"})
 
-    def __init__(self, ledger: "Ledger", rows: np.ndarray) -> None:
+    def __init__(self, ledger: "Ledger", rows: np.ndarray, gather: tuple[str, ...] = ()) -> None:
         self.ledger = ledger
         self.rows = rows
         self.units_per_gpu = ledger.units_per_gpu
         # a policy's scratch space for this one evaluation (the ledger does not change while a view is in use)
         self.memo: dict = {}
+        for name in gather:
+            self.__dict__[name] = getattr(ledger, name).take(rows, axis=0)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -56,6 +62,8 @@ class View:
             value = getattr(self.ledger, name).take(self.rows, axis=0)
         elif name == "cpu_free":
             value = self.cpu_total - self.ledger.cpu_used.take(self.rows)
+        elif name == "free_units_sum":
+            value = np.maximum(self.free_units, 0).sum(axis=1)
         elif name == "positions":
             value = np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
         else:
@@ -93,6 +101,66 @@ class Need:
         return (units * view.mem_usable) // view.units_per_gpu
 
 
+class Take:
+    """What the pod would be charged on each candidate node, given the GPUs it would get there: per GPU ``units``
+    and ``mem`` (nodes, GPUs) and ``charged`` (``units > 0``), per node ``units_sum`` and ``mem_sum`` (nodes).
+    What is not given is worked out when first read. A node that does not fit may carry any take: its score is
+    dropped.
+    """
+
+    def __init__(self, units: np.ndarray, mem: np.ndarray) -> None:
+        self.units = units
+        self.mem = mem
+
+    @classmethod
+    def one_each(cls, positions: np.ndarray, units: int, memory: np.ndarray) -> "Take":
+        """One GPU per node, column ``positions[i]`` of node i, charged ``units`` and ``memory[i, positions[i]]``."""
+        take = cls.__new__(cls)
+        take._one = (positions, units, memory)
+        return take
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # called only while the attribute is not yet set: work it out once
+        one = self.__dict__.get("_one")
+        if name == "charged":
+            value = self.units > 0
+        elif one is None:  # per-GPU arrays given
+            if name == "units_sum":
+                value = self.units.sum(axis=1)
+            elif name == "mem_sum":
+                value = self.mem.sum(axis=1)
+            else:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        else:
+            positions, units, memory = one
+            if name == "units":
+                value = one_hot(memory.shape[1]).take(positions, axis=0) * units
+            elif name == "mem":
+                value = np.where(one_hot(memory.shape[1]).take(positions, axis=0), memory, 0)
+            elif name == "units_sum":
+                value = _filled(len(positions), units)
+            elif name == "mem_sum":
+                value = memory[np.arange(len(positions)), positions]
+            else:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.__dict__[name] = value
+        return value
+
+
+def _filled(n: int, value: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.int64)  # np.full's Python wrapper costs more on small arrays
+    out.fill(value)
+    return out
+
+
+@lru_cache(maxsize=None)
+def one_hot(width: int) -> np.ndarray:
+    """Row p: True at column p alone (read-only; shared)."""
+    out = np.eye(width, dtype=bool)
+    out.flags.writeable = False
+    return out
+
+
 class Policy(ABC):
     """A placement policy: one scoring rule used for both the node score and the GPU choice."""
 
@@ -108,7 +176,7 @@ class Policy(ABC):
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray: ...
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray: ...
 
     def describe(self) -> str:
         return self.name
@@ -130,13 +198,15 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def cpu_left(view: View, need: Need) -> np.ndarray:
     """Per node, host CPU left after placing the pod; 0 where the core does not account CPU (extender nodes)."""
+    if view.ledger.accounts_cpu():  # every node does (the simulator's): the room is what is free
+        return view.cpu_room - need.cpu_milli
     return np.where(view.cpu_total >= 0, view.cpu_room - need.cpu_milli, 0)
 
 
-def allocated_fraction(view: View, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+def allocated_fraction(view: View, take: Take) -> np.ndarray:
     """Per node, the mean over {units, memory} of (charged + requested) / capacity, in [0, 1]."""
-    units = ratio((view.used_units + take_units).sum(axis=1), view.offered_units.sum(axis=1))
-    memory = ratio((view.used_mem + take_mem).sum(axis=1), view.mem_usable.sum(axis=1))
+    units = ratio(view.used_units.sum(axis=1) + take.units_sum, view.offered_units.sum(axis=1))
+    memory = ratio(view.used_mem.sum(axis=1) + take.mem_sum, view.mem_usable.sum(axis=1))
     return np.minimum(np.maximum((units + memory) / 2.0, 0.0), 1.0)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View, cpu_left, ratio
+from .base import MAX_SCORE, Need, Policy, Take, View, cpu_left, ratio
 
 DIMS = ("units+memory", "cpu+units")
 
@@ -49,12 +49,12 @@ class BestFit(Policy):
         memory_left = (view.free_mem - memory) / (view.mem_usable + 1)  # in [0, 1): a tie-break only
         return (need.units - view.free_units) - memory_left  # -(units left + memory left), bit for bit
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         max_units, max_mem = view.ledger.max_node_capacity()
-        units_left = (np.maximum(view.free_units, 0) - take_units).sum(axis=1)
+        units_left = view.free_units_sum - take.units_sum
         if self.dims == "cpu+units":
             other = ratio(cpu_left(view, need), view.ledger.max_node_cpu())
         else:
-            other = ratio((np.maximum(view.free_mem, 0) - take_mem).sum(axis=1), max_mem)
+            other = ratio(np.maximum(view.free_mem, 0).sum(axis=1) - take.mem_sum, max_mem)
         leftover = 0.5 * ratio(units_left, max_units) + 0.5 * other
         return MAX_SCORE * np.minimum(np.maximum(1.0 - leftover, 0.0), 1.0)

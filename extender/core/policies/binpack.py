@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View, allocated_fraction, gpu_allocated_fraction
+from .base import MAX_SCORE, Need, Policy, Take, View, allocated_fraction, gpu_allocated_fraction
 
 
 class Binpack(Policy):
@@ -19,5 +19,5 @@ class Binpack(Policy):
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         return gpu_allocated_fraction(view)
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
-        return MAX_SCORE * allocated_fraction(view, take_units, take_mem)
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
+        return MAX_SCORE * allocated_fraction(view, take)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View, ratio
+from .base import MAX_SCORE, Need, Policy, Take, View, ratio
 from .best_fit import DIMS, check_dims
 
 
@@ -46,15 +46,15 @@ class DotProduct(Policy):
             return -view.free_units.astype(np.float64)
         return self._gpu_scores(view, need, memory)
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         if self.dims == "cpu+units":
             max_units, _ = view.ledger.max_node_capacity()
             max_cpu = view.ledger.max_node_cpu()
             free_cpu = np.where(view.cpu_total >= 0, view.cpu_free, 0)
-            free_units = np.maximum(view.free_units, 0).sum(axis=1)
+            free_units = view.free_units_sum
             dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
-                   + ratio(free_units, max_units) * ratio(take_units.sum(axis=1), max_units))
+                   + ratio(free_units, max_units) * ratio(take.units_sum, max_units))
             return MAX_SCORE * np.clip(1.0 - dot / 2.0, 0.0, 1.0)
-        taken = take_units > 0
-        scores = self._gpu_scores(view, need, take_mem)
+        taken = take.charged
+        scores = self._gpu_scores(view, need, take.mem)
         return MAX_SCORE * np.clip(ratio((scores * taken).sum(axis=1), taken.sum(axis=1)), 0.0, 1.0)

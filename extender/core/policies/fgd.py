@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..resources import model_matches
-from .base import Need, Policy, View
+from .base import Need, Policy, Take, View
 
 Shape = tuple[int, int, int, tuple[str, ...] | None]  # cpu milli, GPU count, units per GPU, models
 
@@ -163,14 +163,14 @@ class Fgd(Policy):
             return -view.positions.astype(np.float64)
         return self._single_gpu_scores(view, need)
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         if need.count == 1 and need.units > 0:
             scores = self._single_gpu_scores(view, need)
-            return np.where(take_units > 0, scores, -np.inf).max(axis=1).clip(0.0, None)
+            return np.where(take.charged, scores, -np.inf).max(axis=1).clip(0.0, None)
         access = self.shape_access(view)
         cpu = view.cpu_room  # unlimited where the core does not account CPU
         before = self.fragmentation(view.free_units, cpu, access)
-        after = self.fragmentation(view.free_units - take_units, cpu - need.cpu_milli, access)
+        after = self.fragmentation(view.free_units - take.units, cpu - need.cpu_milli, access)
         return _score(before - after, view.units_per_gpu)
 
     def _single_gpu_scores(self, view: View, need: Need) -> np.ndarray:

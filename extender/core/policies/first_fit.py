@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View
+from .base import MAX_SCORE, Need, Policy, Take, View
 
 
 class FirstFit(Policy):
@@ -18,5 +18,5 @@ class FirstFit(Policy):
         # lower position first: preference = -position
         return -view.positions.astype(np.float64)
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         return np.full(len(view), MAX_SCORE)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ledger import KIND_SLOTS
-from .base import Need, Policy, View, ratio
+from .base import Need, Policy, Take, View, ratio
 
 AFFINITIES = ("share", "kind")
 
@@ -45,9 +45,9 @@ class GpuClustering(Policy):
             return fullness
         return (view.gpu_shape == need.units).astype(np.float64) * 2.0 + fullness
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         max_units, _ = view.ledger.max_node_capacity()
-        left = np.maximum(view.free_units, 0).sum(axis=1)
+        left = view.free_units_sum
         base = np.clip(2.5 * ratio(max_units - left, max_units), 0.0, 2.5)
         if self.affinity == "kind":
             if need.count == 0:

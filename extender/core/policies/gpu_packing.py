@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Need, Policy, View
+from .base import Need, Policy, Take, View
 
 
 class GpuPacking(Policy):
@@ -24,11 +24,11 @@ class GpuPacking(Policy):
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         return -view.free_units.astype(np.float64)
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         offered = view.offered_units > 0
         idle = offered & (view.used_units == 0) & (view.pods == 0)
         idle_count = idle.sum(axis=1)
-        taken = take_units > 0
+        taken = take.charged
         idle_taken = (taken & idle).sum(axis=1)
         if need.count == 0:  # a pod without GPUs: no preference, as in the paper
             return np.zeros(len(view))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, View
+from .base import MAX_SCORE, Need, Policy, Take, View
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -46,7 +46,7 @@ class Random(Policy):
             base = self._node_hash(view, need)[:, None]
             return unit_interval(mix64(base + view.positions.astype(np.uint64) * _GOLDEN))
 
-    def node_score(self, view: View, need: Need, take_units: np.ndarray, take_mem: np.ndarray) -> np.ndarray:
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
         return MAX_SCORE * unit_interval(self._node_hash(view, need))
 
     def describe(self) -> str:
