@@ -112,7 +112,8 @@ class SimCluster:
         self._position = {name: i for i, name in enumerate(self.names)}
         if len(self._position) != len(self.names):
             raise ValueError("node names must be unique")
-        self._rows = np.array([self.ledger.row_of(n) for n in self.names], dtype=np.int64)
+        self._candidates = self.ledger.candidates(self.names)  # names and rows, looked up once
+        self._rows = self._candidates.rows
         # a fresh ledger gives the nodes rows 0..n-1 in order: then a slice reads them without copying
         in_order = np.array_equal(self._rows, np.arange(len(self._rows)))
         self._row_index: slice | np.ndarray = slice(0, len(self._rows)) if in_order else self._rows
@@ -135,7 +136,7 @@ class SimCluster:
         return Outcome(node)
 
     def _decide(self, request) -> tuple[str | None, Evaluation, str | None]:
-        evaluation = evaluate(self.ledger, request, self.names, self.policy)
+        evaluation = evaluate(self.ledger, request, self._candidates, self.policy)
         if not evaluation.fits:
             return None, evaluation, _commonest(evaluation.rejections)
         return self._choose(evaluation.fits, evaluation.scores), evaluation, None
@@ -157,7 +158,7 @@ class SimCluster:
             top = int(scores.argmax())
             if scores[top] > -np.inf:
                 stale = np.concatenate((stale, (top,)))
-            evaluation = evaluate(self.ledger, request, [self.names[i] for i in stale.tolist()], self.policy)
+            evaluation = evaluate(self.ledger, request, self._candidates.subset(stale), self.policy)
             scores[stale[evaluation.fit_mask]] = self._cut(evaluation.scores)  # every node has an inventory
             entry.generation = self.ledger.generation
         first = int(scores.argmax())
@@ -178,7 +179,7 @@ class SimCluster:
             entry.code_versions[stale] = versions[stale]
         unknown = np.flatnonzero(entry.code_versions != versions)
         if len(unknown):
-            again = evaluate(self.ledger, request, [self.names[i] for i in unknown.tolist()], self.policy)
+            again = evaluate(self.ledger, request, self._candidates.subset(unknown), self.policy)
             entry.code[unknown] = again.outcome()[1]
             entry.code_versions[unknown] = versions[unknown]
         return _commonest(entry.misfit_counts())

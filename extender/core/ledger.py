@@ -17,13 +17,12 @@ over-committed (the truth is not dropped), and returns a warning that says so.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from .assignment import Assignment
+from .assignment import Assignment, GpuShare
 from .errors import LedgerConflict
 from .hashing import stable_hash
 from .inventory import NodeInventory
@@ -36,14 +35,6 @@ UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
 UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
 UNLIMITED = np.iinfo(np.int64).max // 4  # cpu_room / host_mem_room of such a node: any request fits
 KIND_SLOTS = 17  # kind_count columns: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
-
-
-@dataclass(frozen=True, slots=True)
-class _Charge:
-    index: int
-    uuid: str | None
-    units: int
-    memory_mib: int
 
 
 class Ledger:
@@ -77,7 +68,7 @@ class Ledger:
         self._model_ids: dict[str, int] = {}
         self._model_names: list[str] = []
         self._assignments: dict[str, Assignment] = {}
-        self._charges: dict[str, tuple[_Charge, ...]] = {}
+        self._charges: dict[str, tuple[GpuShare, ...]] = {}  # per GPU: what is charged
         self._reserved: set[str] = set()
         self._by_node: dict[str, set[str]] = {}
         self._problems: dict[str, str] = {}
@@ -85,6 +76,7 @@ class Ledger:
         self._max_node: tuple[int, int, int] | None = None
         self._cpu_unaccounted: set[int] = set()  # rows of live nodes whose inventory does not carry host CPU
         self.generation = 0
+        self.nodes_version = 0  # bumped when a node is added or removed: rows looked up before may be stale
         self._grow(rows)
 
     # ---------------------------------------------------------------- nodes
@@ -100,6 +92,7 @@ class Ledger:
                 self._grow(self._capacity * 2)
             row = self._free_rows.pop()  # free rows are kept cleared
             self._rows[name] = row
+            self.nodes_version += 1
         else:
             self._clear_row(row)
         self._inventory[row] = inventory
@@ -134,6 +127,7 @@ class Ledger:
         row = self._rows.pop(name, None)
         if row is None:
             return
+        self.nodes_version += 1
         self._clear_row(row)
         self._cpu_unaccounted.discard(row)
         self._inventory[row] = None
@@ -155,6 +149,17 @@ class Ledger:
 
     def row_of(self, name: str) -> int | None:
         return self._rows.get(name)
+
+    def candidates(self, names: list[str]) -> "Candidates":
+        """``names`` with their rows, looked up once (see :class:`Candidates`); KeyError names a node without an
+        inventory."""
+        rows = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            row = self._rows.get(name)
+            if row is None:
+                raise KeyError(f"node {name} has no GPU inventory")
+            rows[i] = row
+        return Candidates(self, list(names), rows, self.nodes_version)
 
     def inventory_at(self, row: int) -> NodeInventory:
         inventory = self._inventory[row]
@@ -227,27 +232,28 @@ class Ledger:
             why = self._problems.get(assignment.node, "no GPU inventory is known for it")
             raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} cannot take pods: {why}")
         pool = self.pool_id(assignment.pool)
-        if self.node_pool[row] != pool:
+        # .item() reads a Python int: cheaper than a numpy scalar here, and Bind runs this for every pod
+        if self.node_pool.item(row) != pool:
             raise LedgerConflict(
-                f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(int(self.node_pool[row]))!r}, "
+                f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(self.node_pool.item(row))!r}, "
                 f"the pod in pool {assignment.pool!r}"
             )
         for what, asked, room in (("CPU (milli)", assignment.cpu_milli, self.cpu_room),
                                   ("memory MiB", assignment.memory_mib, self.host_mem_room)):
-            if asked and asked > room[row]:  # the room is unlimited where the node does not account it
+            if asked and asked > room.item(row):  # the room is unlimited where the node does not account it
                 raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
-                                     f"{room[row]} free")
+                                     f"{room.item(row)} free")
         charges = _charges_of(assignment)
         for charge in charges:
             pos = self._position(row, charge)
             problem = None
             if pos is None:
                 problem = f"no such GPU (uuid {charge.uuid})"
-            elif charge.units > self.free_units[row, pos]:
-                problem = f"asks {charge.units} units, {self.free_units[row, pos]} free"
-            elif charge.memory_mib > self.free_mem[row, pos]:
-                problem = f"asks {charge.memory_mib} MiB, {self.free_mem[row, pos]} MiB free"
-            elif self.gpu_pool[row, pos] not in (EMPTY_POOL, pool):
+            elif charge.units > self.free_units.item(row, pos):
+                problem = f"asks {charge.units} units, {self.free_units.item(row, pos)} free"
+            elif charge.memory_mib > self.free_mem.item(row, pos):
+                problem = f"asks {charge.memory_mib} MiB, {self.free_mem.item(row, pos)} MiB free"
+            elif self.gpu_pool.item(row, pos) not in (EMPTY_POOL, pool):
                 problem = "held by pods of another pool"
             if problem:
                 raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} GPU {charge.index}: {problem}")
@@ -379,13 +385,13 @@ class Ledger:
         return {"nodes": nodes, "assignments": {u: self._assignments[u] for u in uids}}
 
     # ---------------------------------------------------------------- internals
-    def _record(self, assignment: Assignment, charges: tuple[_Charge, ...]) -> None:
+    def _record(self, assignment: Assignment, charges: tuple[GpuShare, ...]) -> None:
         uid = assignment.pod_uid
         self._assignments[uid] = assignment
         self._charges[uid] = charges
         self._by_node.setdefault(assignment.node, set()).add(uid)
 
-    def _position(self, row: int, charge: _Charge) -> int | None:
+    def _position(self, row: int, charge: GpuShare) -> int | None:
         if charge.uuid:
             return self._by_uuid[row].get(charge.uuid)
         return self._by_index[row].get(charge.index)
@@ -393,41 +399,48 @@ class Ledger:
     def _apply(self, row: int, node: str, uid: str) -> None:
         assignment = self._assignments[uid]
         pool = self.pool_id(assignment.pool)
-        self.cpu_used[row] += assignment.cpu_milli
-        self.host_mem_used[row] += assignment.memory_mib
+        cpu, memory = assignment.cpu_milli, assignment.memory_mib
+        if cpu:
+            self.cpu_used[row] += cpu
+            if self.cpu_total.item(row) != UNACCOUNTED:
+                self.cpu_room[row] -= cpu
+        if memory:
+            self.host_mem_used[row] += memory
+            if self.host_mem_total.item(row) != UNACCOUNTED:
+                self.host_mem_room[row] -= memory
         shapes = self.shape_count[row]
-        for charge in self._charges[uid]:
+        charges = self._charges[uid]
+        for charge in charges:
             pos = self._position(row, charge)
             if pos is None:
                 self._orphans[uid] = (
                     f"pod {self._assignments[uid].key}: node {node} has no GPU {charge.index} (uuid {charge.uuid})"
                 )
                 continue
-            self.used_units[row, pos] += charge.units
-            self.used_mem[row, pos] += charge.memory_mib
-            if self.pods[row, pos] == 0:
+            units = charge.units
+            used_units = self.used_units.item(row, pos) + units
+            used_mem = self.used_mem.item(row, pos) + charge.memory_mib
+            self.used_units[row, pos] = used_units
+            self.used_mem[row, pos] = used_mem
+            if self.pods.item(row, pos) == 0:
                 self.gpu_pool[row, pos] = pool
-                self.gpu_shape[row, pos] = charge.units
+                self.gpu_shape[row, pos] = units
             else:
-                if self.gpu_pool[row, pos] != pool:
+                if self.gpu_pool.item(row, pos) != pool:
                     self.gpu_pool[row, pos] = MIXED_POOL
-                if self.gpu_shape[row, pos] != charge.units:
+                if self.gpu_shape.item(row, pos) != units:
                     self.gpu_shape[row, pos] = -1
             self.pods[row, pos] += 1
             # free capacity of this GPU, as _refresh_free works it out for the whole row
-            self.free_units[row, pos] = self.offered_units[row, pos] - self.used_units[row, pos]
-            self.free_mem[row, pos] = self.mem_usable[row, pos] - max(self.used_mem[row, pos], self.observed[row, pos])
-            shape = min(charge.units, self.units_per_gpu)
-            if shapes[shape] == 0:
+            self.free_units[row, pos] = self.offered_units.item(row, pos) - used_units
+            self.free_mem[row, pos] = self.mem_usable.item(row, pos) - max(used_mem, self.observed.item(row, pos))
+            shape = units if units < self.units_per_gpu else self.units_per_gpu
+            if shapes.item(shape) == 0:
                 self.shape_kinds[row] += 1  # distinct shares on the node (shape_count is cleared with it)
             shapes[shape] += 1
-        kind = pod_kind(self._charges[uid], self.units_per_gpu)
+        kind = pod_kind(charges, self.units_per_gpu)
         if kind is not None:
             self.kind_count[row, kind] += 1
-        if self.cpu_total[row] != UNACCOUNTED:
-            self.cpu_room[row] -= assignment.cpu_milli
-        if self.host_mem_total[row] != UNACCOUNTED:
-            self.host_mem_room[row] -= assignment.memory_mib
         self._changed(row)
 
     def _recompute_row(self, name: str, row: int) -> None:
@@ -524,10 +537,37 @@ class Ledger:
         self._width = width
 
 
-def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
+class Candidates:
+    """Node names with their ledger rows, looked up once, for a caller that evaluates subsets of the same nodes
+    again and again (the simulator): ``evaluate`` takes one in place of a list of names and skips looking the
+    names up. Valid for its ledger while no node is added or removed; after that, ``evaluate`` looks the names up
+    again."""
+
+    def __init__(self, ledger: Ledger, names: list[str], rows: np.ndarray, nodes_version: int) -> None:
+        self.ledger = ledger
+        self.names = names
+        self.rows = rows
+        self.nodes_version = nodes_version
+        self._array: np.ndarray | None = None  # the names as an array, to pick subsets from
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows_for(self, ledger: Ledger) -> np.ndarray | None:
+        """The rows, if they still hold in ``ledger``; None if it is another ledger or its nodes changed since."""
+        return self.rows if ledger is self.ledger and ledger.nodes_version == self.nodes_version else None
+
+    def subset(self, positions: np.ndarray) -> "Candidates":
+        """The candidates at ``positions`` (integer indices), in that order."""
+        if self._array is None:
+            self._array = np.array(self.names, dtype=object)
+        return Candidates(self.ledger, self._array[positions].tolist(), self.rows[positions], self.nodes_version)
+
+
+def pod_kind(charges: Iterable[GpuShare], units_per_gpu: int) -> int | None:
     """A GPU pod's kind for GPU clustering: 0 = shares a GPU, n = n whole GPUs (the last slot takes more); None
     for a pod without GPUs."""
-    charges = tuple(charges)
+    charges = charges if isinstance(charges, tuple) else tuple(charges)
     if not charges:
         return None
     for charge in charges:
@@ -536,14 +576,15 @@ def pod_kind(charges: Iterable[_Charge], units_per_gpu: int) -> int | None:
     return min(len(charges), KIND_SLOTS - 1)
 
 
-def _charges_of(assignment: Assignment) -> tuple[_Charge, ...]:
+def _charges_of(assignment: Assignment) -> tuple[GpuShare, ...]:
+    """What the pod is charged per GPU (a share each, by index): :meth:`Assignment.charges`."""
     if not assignment.containers:  # a pod that holds host resources only
         return ()
     if len(assignment.containers) == 1:  # one phase: Assignment.charges() is the container's shares, as they are
-        shares = sorted(assignment.containers[0].gpus, key=attrgetter("index"))
-        return tuple([_Charge(index=s.index, uuid=s.uuid, units=s.units, memory_mib=s.memory_mib) for s in shares])
+        shares = assignment.containers[0].gpus
+        return shares if len(shares) == 1 else tuple(sorted(shares, key=attrgetter("index")))
     uuids = {s.index: s.uuid for c in assignment.containers for s in c.gpus}
     return tuple(
-        _Charge(index=index, uuid=uuids[index], units=units, memory_mib=memory)
+        GpuShare(index=index, uuid=uuids[index], units=units, memory_mib=memory)
         for index, (units, memory) in assignment.charges().items()
     )

@@ -29,7 +29,7 @@ import numpy as np
 
 from .assignment import Assignment, ContainerAssignment, GpuShare
 from .inventory import NodeInventory
-from .ledger import EMPTY_POOL, NO_POOL, Ledger
+from .ledger import EMPTY_POOL, NO_POOL, Candidates, Ledger
 from .policies import Need, Policy, Take, View
 from .resources import ContainerNeed, PodRequest, model_matches
 from .topology import best_connected, connectivity, link_graph
@@ -202,15 +202,22 @@ class Evaluation:
         return self._explainer.misfit(node, message, node in self.unresolvable)
 
 
-def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str], policy: Policy) -> Evaluation:
-    """Filter and score ``nodes`` for ``pod`` under ``policy`` (see module docstring)."""
-    nodes = nodes if isinstance(nodes, list) else list(nodes)
+def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str] | Candidates, policy: Policy) -> Evaluation:
+    """Filter and score ``nodes`` (names, or :class:`~extender.core.ledger.Candidates` whose rows were looked
+    up before) for ``pod`` under ``policy`` (see module docstring)."""
+    rows = None
+    if isinstance(nodes, Candidates):
+        rows = nodes.rows_for(ledger)
+        nodes = nodes.names
+    elif not isinstance(nodes, list):
+        nodes = list(nodes)
     if not pod.wants_gpu and not pod.wants_host:
         return Evaluation(pod, list(nodes), np.zeros(len(nodes)), _Explainer(ledger, pod, [], None))
     absent: dict[str, tuple[str, str]] = {}
     known = nodes
     try:
-        rows = np.fromiter(map(ledger._rows.__getitem__, nodes), dtype=np.int64, count=len(nodes))
+        if rows is None:
+            rows = np.fromiter(map(ledger._rows.__getitem__, nodes), dtype=np.int64, count=len(nodes))
     except KeyError:  # some candidates have no inventory
         rows = np.fromiter(map(ledger._rows.get, nodes, repeat(-1)), dtype=np.int64, count=len(nodes))
         for name, row in zip(nodes, rows.tolist()):
@@ -239,6 +246,16 @@ def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
     out = np.empty(shape, dtype=bool)  # np.ones' Python wrapper costs twice as much on small arrays
     out.fill(True)
     return out
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    """Per node (row), how many GPUs pass ``mask``: ``mask.sum(axis=1)`` without its Python wrapper."""
+    return np.add.reduce(mask, axis=1)
+
+
+def _any(mask: np.ndarray) -> np.ndarray:
+    """Per node (row), whether any GPU passes ``mask``: ``mask.any(axis=1)`` without its Python wrapper."""
+    return np.logical_or.reduce(mask, axis=1)
 
 
 def _bounded(scores: np.ndarray) -> np.ndarray:
@@ -365,17 +382,17 @@ class _Checks:
         k = self.need.count
         sized = self.sized
         # which checks blocked the GPUs that are otherwise usable: every one is named in the message
-        bits = (sized & ~self.units_ok).any(axis=1) * 1 + (sized & ~self.memory_ok).any(axis=1) * 2
+        bits = _any(sized & ~self.units_ok) * 1 + _any(sized & ~self.memory_ok) * 2
         if self.pooled:  # else no GPU is held by another pool
-            bits += (sized & ~self.pool_ok).any(axis=1) * 4
+            bits += _any(sized & ~self.pool_ok) * 4
         # the first that holds wins: node pool, model, too few GPUs, too small GPUs, fit, else the blocking bits
         codes = RESOLVABLE + bits
-        codes[self.eligible.sum(axis=1) >= k] = FIT
+        codes[_count(self.eligible) >= k] = FIT
         if sized is not self.static:  # else "too small" is "too few", which follows
-            codes[sized.sum(axis=1) < k] = TOO_BIG
-        codes[self.static.sum(axis=1) < k] = TOO_FEW
+            codes[_count(sized) < k] = TOO_BIG
+        codes[_count(self.static) < k] = TOO_FEW
         if has_models:
-            codes[self.model_ok.sum(axis=1) == 0] = MODEL
+            codes[_count(self.model_ok) == 0] = MODEL
         if node_pool_ok is not None:
             codes[~node_pool_ok] = POOL
         return codes
@@ -508,7 +525,7 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        fit = checks.eligible.sum(axis=1) >= container.count
+        fit = _count(checks.eligible) >= container.count
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
                                      lambda: checks.codes(self.pool_mask, self.pod.models is not None))
         if not np.count_nonzero(fit):  # nothing to choose GPUs on or score (count_nonzero: cheaper than any())

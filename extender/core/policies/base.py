@@ -63,7 +63,7 @@ class View:
         elif name == "cpu_free":
             value = self.cpu_total - self.ledger.cpu_used.take(self.rows)
         elif name == "free_units_sum":
-            value = np.maximum(self.free_units, 0).sum(axis=1)
+            value = np.add.reduce(np.maximum(self.free_units, 0), axis=1)
         elif name == "positions":
             value = np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
         else:
