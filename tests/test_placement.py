@@ -49,6 +49,32 @@ def test_misfit_codes_worked_out_late_describe_the_state_that_was_evaluated():
     assert list(expected[0]) == ["a"] and expected[2][1] == core_placement.FIT
 
 
+
+def test_candidates_skip_the_name_lookup_only_while_their_rows_hold():
+    # Candidates carry rows looked up once; evaluate must trust them only for their ledger, before nodes change.
+    ledger = cluster(gpu_node("a", gpus=1), gpu_node("b", gpus=1), gpu_node("c", gpus=1))
+    names = ["a", "b", "c"]
+    candidates = ledger.candidates(names)
+    pod = parse_pod(gpu_pod("p", units=60, memory_mib=1000), S)
+
+    def answer(evaluation):
+        return evaluation.fits, evaluation.scores.tolist(), sorted(evaluation.unresolvable)
+
+    subset = candidates.subset(np.array([2, 0]))
+    assert subset.names == ["c", "a"]
+    assert answer(evaluate(ledger, pod, subset, BINPACK)) == answer(evaluate(ledger, pod, ["c", "a"], BINPACK))
+    # another ledger holds the same names in other rows, and "a" there is too small for the pod
+    other = cluster(gpu_node("c", gpus=1), gpu_node("b", gpus=1), gpu_node("a", gpus=1, memory_mib=512))
+    assert answer(evaluate(other, pod, candidates, BINPACK)) == answer(evaluate(other, pod, names, BINPACK))
+    assert evaluate(other, pod, candidates, BINPACK).fits == ["b", "c"]
+    # a node leaves and another takes its row: the candidates' rows no longer hold
+    ledger.remove_node("a")
+    ledger.upsert_node(parse_node(gpu_node("d", gpus=1), S))
+    assert evaluate(ledger, pod, candidates, BINPACK).fits == ["b", "c"]
+    assert "a" in evaluate(ledger, pod, candidates, BINPACK).unresolvable
+    with pytest.raises(KeyError, match="node a has no GPU inventory"):
+        ledger.candidates(names)
+
 def test_misfit_messages_aggregate_and_reasons_are_detailed():
     ledger = cluster(gpu_node("a", gpus=2, memory_mib=16000), gpu_node("b", gpus=2, memory_mib=16000))
     for node in ("a", "b"):
