@@ -31,7 +31,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import FIT, Evaluation, misfit_counts
+from extender.core.placement import CODES, FIT, Evaluation, category_counts
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
@@ -74,9 +74,17 @@ class _ShapeEntry:
         # only when a pod of the shape fits nowhere (the failure's reason), for the nodes whose code is stale
         self.code = np.full(nodes, FIT, dtype=np.int64)
         self.code_versions = np.full(nodes, -1, dtype=np.int64)
+        self.counts = np.bincount(self.code, minlength=CODES)  # nodes per code, kept with ``code``
+
+    def set_codes(self, positions: np.ndarray, codes: np.ndarray, versions: np.ndarray) -> None:
+        """The codes of the nodes at ``positions`` (distinct), worked out at row ``versions``."""
+        self.counts -= np.bincount(self.code[positions], minlength=CODES)
+        self.counts += np.bincount(codes, minlength=CODES)
+        self.code[positions] = codes
+        self.code_versions[positions] = versions
 
     def misfit_counts(self) -> dict[str, int]:
-        return dict(misfit_counts(self.code))
+        return dict(category_counts(self.counts))
 
 
 def _commonest(counts: dict[str, int]) -> str:
@@ -175,13 +183,11 @@ class SimCluster:
         """Why a pod fits on no node: the commonest misfit. Codes not known for a node's current row are worked
         out now; every node's row is as it was when its answer was kept, so evaluating it again gives that answer."""
         if evaluation is not None:
-            entry.code[stale] = evaluation.outcome()[1]
-            entry.code_versions[stale] = versions[stale]
+            entry.set_codes(stale, evaluation.outcome()[1], versions[stale])
         unknown = np.flatnonzero(entry.code_versions != versions)
         if len(unknown):
             again = evaluate(self.ledger, request, self._candidates.subset(unknown), self.policy)
-            entry.code[unknown] = again.outcome()[1]
-            entry.code_versions[unknown] = versions[unknown]
+            entry.set_codes(unknown, again.outcome()[1], versions[unknown])
         return _commonest(entry.misfit_counts())
 
     def remove(self, uid: str) -> None:

@@ -118,7 +118,8 @@ def test_scores_stay_in_range_on_a_crowded_cluster(policy):
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 1000), st.data())
 def test_one_gpu_take_reads_as_the_same_take_given_per_gpu(nodes, width, units, data):
-    """Take.one_each works its arrays out lazily; each must equal the take built from the per-GPU charges."""
+    """Take.one_each and Take.nothing work their arrays out lazily; each must equal the take built from the
+    per-GPU charges."""
     memory = np.array(data.draw(st.lists(st.lists(st.integers(0, 80_000), min_size=width, max_size=width),
                                          min_size=nodes, max_size=nodes)), dtype=np.int64)
     positions = np.array(data.draw(st.lists(st.integers(0, width - 1), min_size=nodes, max_size=nodes)))
@@ -127,5 +128,8 @@ def test_one_gpu_take_reads_as_the_same_take_given_per_gpu(nodes, width, units, 
     per_gpu_units[np.arange(nodes), positions] = units
     per_gpu_mem[np.arange(nodes), positions] = memory[np.arange(nodes), positions]
     given, lazy = Take(per_gpu_units, per_gpu_mem), Take.one_each(positions, units, memory)
+    zeros = np.zeros((nodes, width), dtype=np.int64)
+    nothing, none_given = Take.nothing(nodes, width), Take(zeros, zeros)
     for name in ("units_sum", "mem_sum", "charged", "units", "mem"):
         assert np.array_equal(getattr(lazy, name), getattr(given, name)), name
+        assert np.array_equal(getattr(nothing, name), getattr(none_given, name)), name

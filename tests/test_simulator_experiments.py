@@ -204,8 +204,10 @@ def check_invariants(time, cluster):
     for room, total, used in ((ledger.cpu_room, ledger.cpu_total, ledger.cpu_used),
                               (ledger.host_mem_room, ledger.host_mem_total, ledger.host_mem_used)):
         assert (room[rows] == np.where(total[rows] == UNACCOUNTED, UNLIMITED, total[rows] - used[rows])).all()
-    # the simulator's own count agrees with the ledger's
+    # the simulator's own count agrees with the ledger's, and each pod shape's misfit tally with its codes
     assert cluster.allocated == int(ledger.used_units[rows].sum())
+    for entry in cluster._shapes.values():
+        assert np.array_equal(entry.counts, np.bincount(entry.code, minlength=len(entry.counts)))
 
 
 @settings(max_examples=25, deadline=None)

@@ -39,6 +39,7 @@ FIT, UNKNOWN, EXCLUDED, POOL, MODEL, TOO_FEW, TOO_BIG = 0, 1, 2, 3, 4, 5, 6
 RESOLVABLE = 8
 JOINT = 16
 HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
+CODES = HOST_BOTH + 1  # every misfit code is below this
 SEARCH_BUDGET = 20_000
 _HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
 _NO_GPU = ContainerNeed("host", "app", 0, 0, 0)  # what policies see of a pod that asks for host resources only
@@ -265,12 +266,16 @@ def _bounded(scores: np.ndarray) -> np.ndarray:
 
 def misfit_counts(codes: np.ndarray) -> list[tuple[str, int]]:
     """(category, number of nodes) for misfit codes (FIT entries are not counted), in code order."""
-    counts = np.bincount(codes, minlength=1)  # codes are small non-negative integers
-    counts[FIT] = 0
+    return category_counts(np.bincount(codes, minlength=1))  # codes are small non-negative integers
+
+
+def category_counts(counts: np.ndarray) -> list[tuple[str, int]]:
+    """:func:`misfit_counts` from the number of nodes per code (``counts[code]``; FIT is not counted)."""
     out: dict[str, int] = {}
     for code in np.flatnonzero(counts).tolist():
-        label = misfit_category(code)
-        out[label] = out.get(label, 0) + int(counts[code])
+        if code != FIT:
+            label = misfit_category(code)
+            out[label] = out.get(label, 0) + int(counts[code])
     return list(out.items())
 
 
@@ -513,11 +518,11 @@ class _Explainer:
         room = self.host_room()
         cpu_ok, memory_ok = room  # a pod on this path asks for host resources
         fit = cpu_ok & memory_ok
-        if not fit.any():
+        if not np.count_nonzero(fit):
             return fit, self.host_codes(room, len(fit)), np.zeros(len(fit))
-        zeros = np.zeros(self.view.free_units.shape, dtype=np.int64)
         need = Need(_NO_GPU, self.pod_key, self.pod.cpu_milli)
-        return fit, lambda: self.host_codes(room, len(fit)), _bounded(policy.node_score(self.view, need, Take(zeros, zeros)))
+        take = Take.nothing(len(fit), self.ledger.free_units.shape[1])
+        return fit, lambda: self.host_codes(room, len(fit)), _bounded(policy.node_score(self.view, need, take))
 
     # -------------------------------------------------------------- single container, all nodes at once
     def vectorised(self, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -525,7 +530,7 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        fit = _count(checks.eligible) >= container.count
+        fit = _any(checks.eligible) if container.count == 1 else _count(checks.eligible) >= container.count
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
                                      lambda: checks.codes(self.pool_mask, self.pod.models is not None))
         if not np.count_nonzero(fit):  # nothing to choose GPUs on or score (count_nonzero: cheaper than any())

@@ -119,20 +119,21 @@ class Take:
         take._one = (positions, units, memory)
         return take
 
+    @classmethod
+    def nothing(cls, nodes: int, width: int) -> "Take":
+        """No GPU on any node (a pod that asks for host resources only)."""
+        take = cls.__new__(cls)
+        take._shape = (nodes, width)
+        take.units_sum = take.mem_sum = np.zeros(nodes, dtype=np.int64)
+        return take
+
     def __getattr__(self, name: str) -> np.ndarray:
         # called only while the attribute is not yet set: work it out once
-        one = self.__dict__.get("_one")
+        given = self.__dict__
         if name == "charged":
             value = self.units > 0
-        elif one is None:  # per-GPU arrays given
-            if name == "units_sum":
-                value = self.units.sum(axis=1)
-            elif name == "mem_sum":
-                value = self.mem.sum(axis=1)
-            else:
-                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        else:
-            positions, units, memory = one
+        elif "_one" in given:
+            positions, units, memory = given["_one"]
             if name == "units":
                 value = one_hot(memory.shape[1]).take(positions, axis=0) * units
             elif name == "mem":
@@ -143,7 +144,15 @@ class Take:
                 value = memory[np.arange(len(positions)), positions]
             else:
                 raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        self.__dict__[name] = value
+        elif "_shape" in given and name in ("units", "mem"):
+            value = np.zeros(given["_shape"], dtype=np.int64)
+        elif name == "units_sum":
+            value = np.add.reduce(self.units, axis=1)
+        elif name == "mem_sum":
+            value = np.add.reduce(self.mem, axis=1)
+        else:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        given[name] = value
         return value
 
 
