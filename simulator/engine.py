@@ -174,7 +174,9 @@ class SimCluster:
         if best == -np.inf:
             return None, evaluation, self._reason(entry, request, versions, stale, evaluation)
         node = self.names[first] if self.tie_break == "first" else self._tied(np.flatnonzero(scores == best))
-        if evaluation is None or not evaluation.evaluated(node):
+        # with "first", the winner is a changed node or the best unchanged one, both evaluated above; another
+        # tie-break may pick an unchanged node that ties with it
+        if evaluation is None or (self.tie_break != "first" and not evaluation.evaluated(node)):
             evaluation = evaluate(self.ledger, request, [node], self.policy)
         return node, evaluation, None
 

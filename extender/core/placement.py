@@ -260,7 +260,8 @@ def _any(mask: np.ndarray) -> np.ndarray:
 
 
 def _bounded(scores: np.ndarray) -> np.ndarray:
-    """Scores held to [0, 10] (np.clip's Python wrapper costs more than the two ufuncs on small arrays)."""
+    """Scores held to [0, 10], the policies' scale (np.clip's Python wrapper costs more than the two ufuncs on
+    small arrays). Clipping 10 * x to [0, 10] gives bit for bit what 10 * (x clipped to [0, 1]) does."""
     return np.minimum(np.maximum(scores, 0.0), 10.0)
 
 
@@ -592,15 +593,14 @@ class _Explainer:
 
     def _containers(self, i: int, found: dict[int, tuple[int, ...]]) -> tuple[ContainerAssignment, ...]:
         gpus = self.inventory(i).gpus
-        out = []
-        for c_ix, container in enumerate(self.pod.containers):
-            memory = self.checks[c_ix].memory[i].tolist()
-            shares = tuple([
-                GpuShare(index=gpus[p].index, uuid=gpus[p].uuid, units=container.units, memory_mib=memory[p])
+        return tuple([
+            ContainerAssignment(name=container.name, kind=container.kind, gpus=tuple([
+                GpuShare(index=gpus[p].index, uuid=gpus[p].uuid, units=container.units,
+                         memory_mib=checks.memory.item(i, p))  # a Python int
                 for p in sorted(found[c_ix])
-            ])
-            out.append(ContainerAssignment(name=container.name, kind=container.kind, gpus=shares))
-        return tuple(out)
+            ]))
+            for c_ix, (container, checks) in enumerate(zip(self.pod.containers, self.checks))
+        ])
 
     # -------------------------------------------------------------- answers after evaluation
     def placement(self, i: int, node: str, score: float) -> Placement:

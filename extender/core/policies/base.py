@@ -4,9 +4,9 @@ A policy answers two questions with arrays, for many candidate nodes at once:
 
 * ``gpu_preference(view, need, memory)`` -> (nodes, GPUs) floats: which GPUs to take first on each node
   (higher first; ties go to the lower GPU index). GPUs that cannot take the request are masked by the caller.
-* ``node_score(view, need, take)`` -> (nodes,) floats in [0, 10]: how good each node is, given what the pod
-  would be charged there (:class:`Take`: per GPU, or per node, each worked out when first read; most policies
-  need the per-node sums alone).
+* ``node_score(view, need, take)`` -> (nodes,) floats: how good each node is on a 0..10 scale, given what the
+  pod would be charged there (:class:`Take`: per GPU, or per node, each worked out when first read; most
+  policies need the per-node sums alone). The caller holds scores to [0, 10], so a policy need not clip them.
 
 Node score and GPU choice come from the same policy object, so the extender and the simulator place alike.
 """

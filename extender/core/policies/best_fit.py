@@ -57,4 +57,4 @@ class BestFit(Policy):
         else:
             other = ratio(np.maximum(view.free_mem, 0).sum(axis=1) - take.mem_sum, max_mem)
         leftover = 0.5 * ratio(units_left, max_units) + 0.5 * other
-        return MAX_SCORE * np.minimum(np.maximum(1.0 - leftover, 0.0), 1.0)
+        return MAX_SCORE * (1.0 - leftover)  # held to [0, 10] by the caller

@@ -54,7 +54,7 @@ class DotProduct(Policy):
             free_units = view.free_units_sum
             dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
                    + ratio(free_units, max_units) * ratio(take.units_sum, max_units))
-            return MAX_SCORE * np.clip(1.0 - dot / 2.0, 0.0, 1.0)
+            return MAX_SCORE * (1.0 - dot / 2.0)  # held to [0, 10] by the caller
         taken = take.charged
         scores = self._gpu_scores(view, need, take.mem)
-        return MAX_SCORE * np.clip(ratio((scores * taken).sum(axis=1), taken.sum(axis=1)), 0.0, 1.0)
+        return MAX_SCORE * ratio((scores * taken).sum(axis=1), taken.sum(axis=1))  # held to [0, 10] by the caller
