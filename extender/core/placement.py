@@ -97,15 +97,24 @@ class Evaluation:
     gathered (so later ledger changes do not alter them): a simulator's pod that fits somewhere never needs them.
     """
 
-    def __init__(self, pod: PodRequest, fits: list[str], scores: np.ndarray, explainer: "_Explainer",
+    def __init__(self, pod: PodRequest, fits: list[str] | np.ndarray, scores: np.ndarray, explainer: "_Explainer",
                  codes: np.ndarray | Callable[[], np.ndarray] | None = None,
                  absent: dict[str, tuple[str, str]] | None = None) -> None:
         self.pod = pod
-        self.fits = fits
+        self._fits = fits  # names, or the fitting candidates' positions: named when first read
         self.scores = scores
         self._explainer = explainer
         self._codes = codes if codes is not None else np.zeros(0, dtype=np.int64)  # per evaluated node, or a thunk
         self._absent = absent or {}  # candidate without an inventory -> (category, message)
+
+    @property
+    def fits(self) -> list[str]:
+        """The fitting nodes, in candidate order (``scores`` holds each one's score, in the same order)."""
+        fits = self._fits
+        if not isinstance(fits, list):
+            names = self._explainer.names
+            fits = self._fits = list(names) if len(fits) == len(names) else [names[i] for i in fits.tolist()]
+        return fits
 
     def _all_codes(self) -> np.ndarray:
         if callable(self._codes):
@@ -239,8 +248,7 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str] | Candidates,
         fit, codes, scores = explainer.searched(policy)
     explainer.fit = fit
     where = fit.nonzero()[0]
-    fit_names = list(known) if len(where) == len(known) else [known[i] for i in where.tolist()]
-    return Evaluation(pod, fit_names, scores[where], explainer, codes, absent)
+    return Evaluation(pod, where, scores[where], explainer, codes, absent)
 
 
 def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
