@@ -204,6 +204,8 @@ def check_invariants(time, cluster):
     for room, total, used in ((ledger.cpu_room, ledger.cpu_total, ledger.cpu_used),
                               (ledger.host_mem_room, ledger.host_mem_total, ledger.host_mem_used)):
         assert (room[rows] == np.where(total[rows] == UNACCOUNTED, UNLIMITED, total[rows] - used[rows])).all()
+    # and so is the free units total that policies read per node
+    assert (ledger.free_units_sum[rows] == np.maximum(ledger.free_units[rows], 0).sum(axis=1)).all()
     # the simulator's own count agrees with the ledger's, and each pod shape's misfit tally with its codes
     assert cluster.allocated == int(ledger.used_units[rows].sum())
     for entry in cluster._shapes.values():

@@ -49,9 +49,10 @@ class Ledger:
     _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
                    ("shape_kinds", np.int32), ("cpu_total", np.int64), ("cpu_used", np.int64),
                    ("host_mem_total", np.int64), ("host_mem_used", np.int64), ("cpu_room", np.int64),
-                   ("host_mem_room", np.int64), ("row_version", np.int64))
+                   ("host_mem_room", np.int64), ("free_units_sum", np.int64), ("row_version", np.int64))
     # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes); there,
-    # cpu_room / host_mem_room (what is free, kept with every change: one comparison filters) are UNLIMITED
+    # cpu_room / host_mem_room (what is free, kept with every change: one comparison filters) are UNLIMITED;
+    # free_units_sum is the node's free units, a GPU's negative free (over-committed, adopted) counted as 0
 
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
         self.settings = settings
@@ -381,7 +382,7 @@ class Ledger:
                 (int(self.used_units[row, p]), int(self.used_mem[row, p]), int(self.pods[row, p]),
                  int(self.gpu_pool[row, p]), int(self.free_units[row, p]), int(self.free_mem[row, p]))
                 for p in range(count)
-            ] + [(int(self.cpu_room[row]), int(self.host_mem_room[row]))]
+            ] + [(int(self.cpu_room[row]), int(self.host_mem_room[row]), int(self.free_units_sum[row]))]
         return {"nodes": nodes, "assignments": {u: self._assignments[u] for u in uids}}
 
     # ---------------------------------------------------------------- internals
@@ -432,7 +433,9 @@ class Ledger:
                     self.gpu_shape[row, pos] = -1
             self.pods[row, pos] += 1
             # free capacity of this GPU, as _refresh_free works it out for the whole row
-            self.free_units[row, pos] = self.offered_units.item(row, pos) - used_units
+            free_units = self.offered_units.item(row, pos) - used_units
+            self.free_units_sum[row] += max(free_units, 0) - max(self.free_units.item(row, pos), 0)
+            self.free_units[row, pos] = free_units
             self.free_mem[row, pos] = self.mem_usable.item(row, pos) - max(used_mem, self.observed.item(row, pos))
             shape = units if units < self.units_per_gpu else self.units_per_gpu
             if shapes.item(shape) == 0:
@@ -460,6 +463,7 @@ class Ledger:
     def _refresh_free(self, row: int) -> None:
         self.free_units[row] = self.offered_units[row] - self.used_units[row]
         self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
+        self.free_units_sum[row] = np.maximum(self.free_units[row], 0).sum()
         cpu, memory = int(self.cpu_total[row]), int(self.host_mem_total[row])
         self.cpu_room[row] = UNLIMITED if cpu == UNACCOUNTED else cpu - int(self.cpu_used[row])
         self.host_mem_room[row] = UNLIMITED if memory == UNACCOUNTED else memory - int(self.host_mem_used[row])

@@ -42,7 +42,7 @@ class View:
     """
 
     _GATHERED = frozenset({"free_units", "free_mem", "offered_units", "mem_usable", "used_units", "used_mem", "pods",
-                           "gpu_shape", "cpu_total", "cpu_room"})
+                           "gpu_shape", "cpu_total", "cpu_room", "free_units_sum"})
 
     def __init__(self, ledger: "Ledger", rows: np.ndarray, gather: tuple[str, ...] = ()) -> None:
         self.ledger = ledger
@@ -62,8 +62,6 @@ class View:
             value = getattr(self.ledger, name).take(self.rows, axis=0)
         elif name == "cpu_free":
             value = self.cpu_total - self.ledger.cpu_used.take(self.rows)
-        elif name == "free_units_sum":
-            value = np.add.reduce(np.maximum(self.free_units, 0), axis=1)
         elif name == "positions":
             value = np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
         else:
