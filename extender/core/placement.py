@@ -41,7 +41,7 @@ JOINT = 16
 HOST_CPU, HOST_MEM, HOST_BOTH = 32, 33, 34  # node CPU / memory, checked where the inventory carries them
 CODES = HOST_BOTH + 1  # every misfit code is below this
 SEARCH_BUDGET = 20_000
-_HOST_CODES = np.array([FIT, HOST_CPU, HOST_MEM, HOST_BOTH], dtype=np.int64)  # by cpu short + 2 * memory short
+_HOST_CODES = np.array([HOST_BOTH, HOST_MEM, HOST_CPU, FIT], dtype=np.int64)  # by cpu ok + 2 * memory ok
 _NO_GPU = ContainerNeed("host", "app", 0, 0, 0)  # what policies see of a pod that asks for host resources only
 # what the GPU checks read of every candidate: gathered with the view, at once
 _GATHER = ("free_units", "free_mem", "offered_units", "mem_usable", "cpu_room")
@@ -395,10 +395,11 @@ class _Checks:
         """Misfit code per node (``FIT`` where it fits); ``node_pool_ok`` None: every node is in the pod's pool."""
         k = self.need.count
         sized = self.sized
-        # which checks blocked the GPUs that are otherwise usable: every one is named in the message
-        bits = _any(sized & ~self.units_ok) * 1 + _any(sized & ~self.memory_ok) * 2
+        # which checks blocked the GPUs that are otherwise usable (sized > ok: sized and not ok): every one is
+        # named in the message
+        bits = _any(sized > self.units_ok) + _any(sized > self.memory_ok) * 2
         if self.pooled:  # else no GPU is held by another pool
-            bits += _any(sized & ~self.pool_ok) * 4
+            bits += _any(sized > self.pool_ok) * 4
         # the first that holds wins: node pool, model, too few GPUs, too small GPUs, fit, else the blocking bits
         codes = RESOLVABLE + bits
         codes[_count(self.eligible) >= k] = FIT
@@ -504,7 +505,7 @@ class _Explainer:
         if room is None:
             return np.zeros(nodes, dtype=np.int64)
         cpu_ok, memory_ok = room
-        return _HOST_CODES.take(~cpu_ok * 1 + ~memory_ok * 2)
+        return _HOST_CODES.take(cpu_ok + memory_ok * 2)
 
     def _with_host(self, fit: np.ndarray,
                    codes: Callable[[], np.ndarray]) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
@@ -515,7 +516,7 @@ class _Explainer:
 
         def all_codes() -> np.ndarray:
             host = self.host_codes(room, len(fit))
-            if fit.all():
+            if np.count_nonzero(fit) == len(fit):
                 return host  # all FIT
             gpu = codes()
             return np.where(gpu == FIT, host, gpu)
