@@ -311,3 +311,14 @@ def test_one_gpu_choice_is_the_highest_preference_lowest_position(data, policy):
         expected = sorted(eligible, key=lambda p: (-explainer.preference[i][p], p))[0]
         got = evaluation.placement(node).containers[0].gpus[0].index
         assert got == explainer.inventory(i).gpus[expected].index
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 17), st.booleans(), st.data())
+def test_any_gpu_per_node_equals_numpys_any(nodes, width, transposed, data):
+    # _any reads a row of 1, 2, 4 or 8 booleans as one word; every width and layout must agree with numpy
+    cells = data.draw(st.lists(st.booleans(), min_size=nodes * width, max_size=nodes * width))
+    mask = np.array(cells, dtype=bool).reshape(nodes, width)
+    if transposed:  # not C-contiguous
+        mask = np.asfortranarray(mask)
+    assert np.array_equal(core_placement._any(mask), mask.any(axis=1))

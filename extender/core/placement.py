@@ -262,8 +262,16 @@ def _count(mask: np.ndarray) -> np.ndarray:
     return np.add.reduce(mask, axis=1)
 
 
+_ROW_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # a row of that many booleans as one word
+
+
 def _any(mask: np.ndarray) -> np.ndarray:
-    """Per node (row), whether any GPU passes ``mask``: ``mask.any(axis=1)`` without its Python wrapper."""
+    """Per node (row), whether any GPU passes ``mask``: ``mask.any(axis=1)``. A contiguous row of 8 (or 1, 2, 4)
+    booleans is read as one machine word, non-zero iff one is True: numpy reduces short rows one at a time,
+    about 12x slower on a cluster of a thousand 8-GPU nodes."""
+    word = _ROW_WORDS.get(mask.shape[1])
+    if word is not None and mask.flags.c_contiguous:
+        return mask.view(word)[:, 0] != 0
     return np.logical_or.reduce(mask, axis=1)
 
 
