@@ -170,3 +170,22 @@ def test_adopting_our_own_reservation_marks_it_bound():
     ledger.reserve(share())
     assert ledger.adopt(share()) is None
     assert not ledger.is_reserved("u1") and free(ledger, "n", 0)[0] == 60
+
+
+def test_share_memory_follows_the_usable_memory_through_node_changes():
+    # kept per share until a node is added, replaced or removed; each of those must be seen
+    ledger = ledger_with(gpu_node("a", gpus=1, memory_mib=16000))  # usable 16000 - 500
+
+    def share(node, units=50):
+        return int(ledger.share_memory(units)[ledger.row_of(node), 0])
+
+    assert share("a") == 50 * 15500 // 100
+    ledger.upsert_node(parse_node(gpu_node("a", gpus=1, memory_mib=32000), S))  # replaced in place
+    assert share("a") == 50 * 31500 // 100
+    ledger.upsert_node(parse_node(gpu_node("b", gpus=1, memory_mib=8000), S))  # added
+    assert share("b") == 50 * 7500 // 100
+    row = ledger.row_of("a")
+    ledger.remove_node("a")
+    assert int(ledger.share_memory(50)[row, 0]) == 0  # removed: its row offers nothing
+    ledger.upsert_node(parse_node(gpu_node("c", gpus=1, memory_mib=24000), S))  # may take a's row
+    assert share("c") == 50 * 23500 // 100 and share("b") == 50 * 7500 // 100

@@ -76,6 +76,7 @@ class Ledger:
         self._orphans: dict[str, str] = {}
         self._max_node: tuple[int, int, int] | None = None
         self._cpu_unaccounted: set[int] = set()  # rows of live nodes whose inventory does not carry host CPU
+        self._share_memory: dict[int, np.ndarray] = {}  # units -> MiB of that share on every GPU (see share_memory)
         self.generation = 0
         self.nodes_version = 0  # bumped when a node is added or removed: rows looked up before may be stale
         self._grow(rows)
@@ -118,6 +119,7 @@ class Ledger:
         self.offered_units[row, :n] = [self.units_per_gpu if gpu.offered else 0 for gpu in gpus]
         self.mem_usable[row, :n] = [gpu.memory_mib - self.settings.reserve_for(gpu.memory_mib) if gpu.offered else 0
                                     for gpu in gpus]
+        self._share_memory.clear()  # the usable memory changed
         self._by_index[row] = {gpu.index: pos for pos, gpu in enumerate(inventory.gpus)}
         self._by_uuid[row] = {gpu.uuid: pos for pos, gpu in enumerate(inventory.gpus) if gpu.uuid}
         self._max_node = None
@@ -186,6 +188,15 @@ class Ledger:
             cpu = self.cpu_total[: self._capacity][live]
             self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)), int(cpu.max(initial=0)))
         return self._max_node
+
+    def share_memory(self, units: int) -> np.ndarray:
+        """(rows, GPUs): the MiB a share of ``units`` takes on each GPU when the pod states no memory,
+        floor(units * usable / unitsPerGpu). Worked out once per share while no node is added, replaced or
+        removed (the usable memory changes only then)."""
+        memory = self._share_memory.get(units)
+        if memory is None:
+            memory = self._share_memory[units] = (units * self.mem_usable) // self.units_per_gpu
+        return memory
 
     def accounts_cpu(self) -> bool:
         """Whether every node's inventory carries its host CPU (the simulator's do; the extender's do not)."""
@@ -486,6 +497,7 @@ class Ledger:
 
     def _clear_row(self, row: int | slice) -> None:
         """Empty one row, or a slice of rows (``_by_index`` and ``_by_uuid`` only for one row)."""
+        self._share_memory.clear()
         for name, _ in self._GPU_ARRAYS:
             getattr(self, name)[row] = 0
         self.model[row] = -1
@@ -539,6 +551,7 @@ class Ledger:
                 array[:, self._width:] = EMPTY_POOL
             setattr(self, name, array)
         self._width = width
+        self._share_memory.clear()
 
 
 class Candidates:

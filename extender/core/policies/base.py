@@ -95,8 +95,7 @@ class Need:
         """MiB this container needs on each GPU: as asked, or floor(units * usable / unitsPerGpu)."""
         if self.container.memory_mib is not None:
             return np.full(view.free_units.shape, self.container.memory_mib, dtype=np.int64)
-        units = self.container.units
-        return (units * view.mem_usable) // view.units_per_gpu
+        return view.ledger.share_memory(self.container.units).take(view.rows, axis=0)
 
 
 class Take:
