@@ -250,11 +250,13 @@ class Ledger:
                 f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(self.node_pool.item(row))!r}, "
                 f"the pod in pool {assignment.pool!r}"
             )
-        for what, asked, room in (("CPU (milli)", assignment.cpu_milli, self.cpu_room),
-                                  ("memory MiB", assignment.memory_mib, self.host_mem_room)):
-            if asked and asked > room.item(row):  # the room is unlimited where the node does not account it
-                raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
-                                     f"{room.item(row)} free")
+        # the rooms are unlimited where the node does not account host resources
+        cpu, memory = assignment.cpu_milli, assignment.memory_mib
+        if (cpu and cpu > self.cpu_room.item(row)) or (memory and memory > self.host_mem_room.item(row)):
+            for what, asked, room in (("CPU (milli)", cpu, self.cpu_room), ("memory MiB", memory, self.host_mem_room)):
+                if asked and asked > room.item(row):
+                    raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
+                                         f"{room.item(row)} free")
         charges = _charges_of(assignment)
         for charge in charges:
             pos = self._position(row, charge)
@@ -434,7 +436,8 @@ class Ledger:
             used_mem = self.used_mem.item(row, pos) + charge.memory_mib
             self.used_units[row, pos] = used_units
             self.used_mem[row, pos] = used_mem
-            if self.pods.item(row, pos) == 0:
+            pods = self.pods.item(row, pos)
+            if pods == 0:
                 self.gpu_pool[row, pos] = pool
                 self.gpu_shape[row, pos] = units
             else:
@@ -442,16 +445,17 @@ class Ledger:
                     self.gpu_pool[row, pos] = MIXED_POOL
                 if self.gpu_shape.item(row, pos) != units:
                     self.gpu_shape[row, pos] = -1
-            self.pods[row, pos] += 1
+            self.pods[row, pos] = pods + 1
             # free capacity of this GPU, as _refresh_free works it out for the whole row
             free_units = self.offered_units.item(row, pos) - used_units
             self.free_units_sum[row] += max(free_units, 0) - max(self.free_units.item(row, pos), 0)
             self.free_units[row, pos] = free_units
             self.free_mem[row, pos] = self.mem_usable.item(row, pos) - max(used_mem, self.observed.item(row, pos))
             shape = units if units < self.units_per_gpu else self.units_per_gpu
-            if shapes.item(shape) == 0:
+            same = shapes.item(shape)
+            if same == 0:
                 self.shape_kinds[row] += 1  # distinct shares on the node (shape_count is cleared with it)
-            shapes[shape] += 1
+            shapes[shape] = same + 1
         kind = pod_kind(charges, self.units_per_gpu)
         if kind is not None:
             self.kind_count[row, kind] += 1

@@ -83,10 +83,9 @@ class Placement:
     containers: tuple[ContainerAssignment, ...]
 
     def assignment(self, pod: PodRequest, policy: str) -> Assignment:
-        return Assignment(
-            pod_uid=pod.uid, namespace=pod.namespace, name=pod.name, node=self.node, pool=pod.pool,
-            policy=policy, containers=self.containers, cpu_milli=pod.cpu_milli, memory_mib=pod.memory_mib,
-        )
+        # positional: a frozen dataclass takes keywords a third slower, and Bind builds one per pod
+        return Assignment(pod.uid, pod.namespace, pod.name, self.node, pod.pool, policy, self.containers,
+                          pod.cpu_milli, pod.memory_mib)
 
 
 class Evaluation:
@@ -628,9 +627,12 @@ class _Explainer:
             return Placement(node=node, score=score, containers=self._containers(i, self.searched_rows[i]))
         container = self.pod.single
         if container.count == 1:  # the GPU vectorised() took: highest preference, lowest position among equals
-            best = int(self.best_gpu[i])
-            if self.checks[0].eligible[i, best]:  # (unless a policy ranked every usable GPU -inf)
-                return Placement(node=node, score=score, containers=self._containers(i, {0: (best,)}))
+            best = self.best_gpu.item(i)
+            checks = self.checks[0]
+            if checks.eligible.item(i, best):  # (unless a policy ranked every usable GPU -inf)
+                gpu = self.inventory(i).gpus[best]
+                share = GpuShare(gpu.index, gpu.uuid, container.units, checks.memory.item(i, best))
+                return Placement(node, score, (ContainerAssignment(container.name, container.kind, (share,)),))
         eligible = self.checks[0].eligible[i].nonzero()[0].tolist()
         preference = self.preference[i].tolist()  # Python floats: the same order, cheaper to compare
         inventory: NodeInventory = self.inventory(i)
