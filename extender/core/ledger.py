@@ -478,7 +478,7 @@ class Ledger:
     def _refresh_free(self, row: int) -> None:
         self.free_units[row] = self.offered_units[row] - self.used_units[row]
         self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
-        self.free_units_sum[row] = np.maximum(self.free_units[row], 0).sum()
+        self.free_units_sum[row] = np.add.reduce(np.maximum(self.free_units[row], 0))
         cpu, memory = int(self.cpu_total[row]), int(self.host_mem_total[row])
         self.cpu_room[row] = UNLIMITED if cpu == UNACCOUNTED else cpu - int(self.cpu_used[row])
         self.host_mem_room[row] = UNLIMITED if memory == UNACCOUNTED else memory - int(self.host_mem_used[row])

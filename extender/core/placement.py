@@ -256,9 +256,9 @@ def _all_true(shape: int | tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _count(mask: np.ndarray) -> np.ndarray:
-    """Per node (row), how many GPUs pass ``mask``: ``mask.sum(axis=1)`` without its Python wrapper."""
-    return np.add.reduce(mask, axis=1)
+def _at_least(mask: np.ndarray, k: int) -> np.ndarray:
+    """Per node (row), whether at least ``k`` GPUs pass ``mask`` (for one GPU, whether any does: cheaper)."""
+    return _any(mask) if k == 1 else np.add.reduce(mask, axis=1) >= k
 
 
 _ROW_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # a row of that many booleans as one word
@@ -409,12 +409,12 @@ class _Checks:
             bits += _any(sized > self.pool_ok) * 4
         # the first that holds wins: node pool, model, too few GPUs, too small GPUs, fit, else the blocking bits
         codes = RESOLVABLE + bits
-        codes[_count(self.eligible) >= k] = FIT
+        codes[_at_least(self.eligible, k)] = FIT
         if sized is not self.static:  # else "too small" is "too few", which follows
-            codes[_count(sized) < k] = TOO_BIG
-        codes[_count(self.static) < k] = TOO_FEW
+            codes[~_at_least(sized, k)] = TOO_BIG
+        codes[~_at_least(self.static, k)] = TOO_FEW
         if has_models:
-            codes[_count(self.model_ok) == 0] = MODEL
+            codes[~_any(self.model_ok)] = MODEL
         if node_pool_ok is not None:
             codes[~node_pool_ok] = POOL
         return codes
@@ -547,7 +547,7 @@ class _Explainer:
         assert container is not None
         checks = self._checks(container)
         self.checks = [checks]
-        fit = _any(checks.eligible) if container.count == 1 else _count(checks.eligible) >= container.count
+        fit = _at_least(checks.eligible, container.count)
         fit, codes = self._with_host(fit & self.node_pool_ok if self.pooled else fit,
                                      lambda: checks.codes(self.pool_mask, self.pod.models is not None))
         if not np.count_nonzero(fit):  # nothing to choose GPUs on or score (count_nonzero: cheaper than any())
