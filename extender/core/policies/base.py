@@ -132,9 +132,9 @@ class Take:
         elif "_one" in given:
             positions, units, memory = given["_one"]
             if name == "units":
-                value = one_hot(memory.shape[1]).take(positions, axis=0) * units
+                value = _one_hot(memory.shape[1]).take(positions, axis=0) * units
             elif name == "mem":
-                value = np.where(one_hot(memory.shape[1]).take(positions, axis=0), memory, 0)
+                value = np.where(_one_hot(memory.shape[1]).take(positions, axis=0), memory, 0)
             elif name == "units_sum":
                 value = _filled(len(positions), units)
             elif name == "mem_sum":
@@ -160,7 +160,7 @@ def _filled(n: int, value: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def one_hot(width: int) -> np.ndarray:
+def _one_hot(width: int) -> np.ndarray:
     """Row p: True at column p alone (read-only; shared)."""
     out = np.eye(width, dtype=bool)
     out.flags.writeable = False
