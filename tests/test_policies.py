@@ -117,7 +117,7 @@ def test_scores_stay_in_range_on_a_crowded_cluster(policy):
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 1000), st.data())
-def test_one_gpu_take_reads_as_the_same_take_given_per_gpu(nodes, width, units, data):
+def test_lazy_takes_read_as_the_takes_given_per_gpu(nodes, width, units, data):
     """Take.one_each and Take.nothing work their arrays out lazily; each must equal the take built from the
     per-GPU charges."""
     memory = np.array(data.draw(st.lists(st.lists(st.integers(0, 80_000), min_size=width, max_size=width),
