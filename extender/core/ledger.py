@@ -571,9 +571,6 @@ class Candidates:
         self.nodes_version = nodes_version
         self._array: np.ndarray | None = None  # the names as an array, to pick subsets from
 
-    def __len__(self) -> int:
-        return len(self.names)
-
     def rows_for(self, ledger: Ledger) -> np.ndarray | None:
         """The rows, if they still hold in ``ledger``; None if it is another ledger or its nodes changed since."""
         return self.rows if ledger is self.ledger and ledger.nodes_version == self.nodes_version else None
