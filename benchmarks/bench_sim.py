@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from simulator.compare import settle  # noqa: E402
 from simulator.experiments import inflation  # noqa: E402
 from simulator.policies import PAPER  # noqa: E402
 from simulator.trace import load_openb_nodes, load_openb_pods  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     nodes, pods = load_openb_nodes(), load_openb_pods()
+    settle()  # as a compare worker does once the trace is loaded
     scales = [int(s) for s in args.scales.split(",")]
     print(f"{'policy':<10} {'cluster':>8} {'pods':>7} {'seconds':>8} {'x base':>7} {'vs 1x':>6} {'vs published':>12}")
     for label in args.policies.split(","):

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import simulator.engine as engine  # noqa: E402
+from simulator.compare import settle  # noqa: E402
 from simulator.experiments import inflate, inflation  # noqa: E402
 from simulator.policies import PAPER  # noqa: E402
 from simulator.trace import SETTINGS, load_openb_nodes, load_openb_pods  # noqa: E402
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     nodes, pods = load_openb_nodes(), load_openb_pods()
+    settle()  # as a compare worker does once the trace is loaded
     print(f"{'run':>4} {'simulator s':>12} {'stripped s':>11} {'ratio':>6}")
     for run in range(args.runs):
         start = time.perf_counter()

@@ -14,6 +14,7 @@ Writes to ``--out`` (default ``sim-results/``):
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import statistics
 from collections import Counter
@@ -46,7 +47,16 @@ def _load(settings: Settings):
     if key not in _TRACE:
         _TRACE.clear()
         _TRACE[key] = (load_openb_nodes(settings.nodes), load_openb_pods(settings.pods))
+        settle()
     return _TRACE[key]
+
+
+def settle() -> None:
+    """Once the trace is loaded for the rest of the process: collect, then freeze what is left (the imported
+    libraries' objects, about 69,000, and the default trace's, 17,000) out of the cyclic collector's reach. Else a
+    full collection walks them all again: 43-49 ms inside a best-fit run, in 3 of 6 runs measured."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_one(spec: PolicySpec, seed: int, settings: Settings) -> InflationResult:

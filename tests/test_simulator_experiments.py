@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import random
 
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from extender.core import Ledger, evaluate
 from extender.core.ledger import UNACCOUNTED, UNLIMITED
 from extender.core.policies import POLICIES, make_policy
-from simulator import cli
+from simulator import cli, compare
 from simulator.experiments import inflation
 from simulator.policies import PAPER, resolve
 from simulator.replay import replay
@@ -153,6 +154,19 @@ def test_compare_writes_results_report_and_plots(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "unallocated % (mean)" in printed and "fgd" in printed
+
+
+def test_a_loaded_trace_is_frozen_out_of_full_collections(tmp_path):
+    nodes, pods = write_openb(tmp_path)
+    before = gc.get_freeze_count()
+    try:
+        trace = compare._load(compare.Settings(nodes=str(nodes), pods=str(pods)))
+        assert gc.get_freeze_count() > before
+        pod = trace[1][0]  # a full collection walks generation 2, not the frozen objects
+        assert gc.is_tracked(pod) and not any(o is pod for o in gc.get_objects(generation=2))
+    finally:
+        gc.unfreeze()
+        compare._TRACE.clear()
 
 
 def test_replay_and_synth_commands(tmp_path, capsys):
