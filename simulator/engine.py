@@ -75,16 +75,25 @@ class _ShapeEntry:
         self.code = np.full(nodes, FIT, dtype=np.int64)
         self.code_versions = np.full(nodes, -1, dtype=np.int64)
         self.counts = np.bincount(self.code, minlength=CODES)  # nodes per code, kept with ``code``
+        self._reason: str | None = None  # the commonest misfit of ``counts``, while they have not changed
 
     def set_codes(self, positions: np.ndarray, codes: np.ndarray, versions: np.ndarray) -> None:
         """The codes of the nodes at ``positions`` (distinct), worked out at row ``versions``."""
-        self.counts -= np.bincount(self.code[positions], minlength=CODES)
-        self.counts += np.bincount(codes, minlength=CODES)
+        change = np.bincount(codes, minlength=CODES) - np.bincount(self.code[positions], minlength=CODES)
+        if np.count_nonzero(change):  # often a node's code is what it was
+            self.counts += change
+            self._reason = None
         self.code[positions] = codes
         self.code_versions[positions] = versions
 
     def misfit_counts(self) -> dict[str, int]:
         return dict(category_counts(self.counts))
+
+    def reason(self) -> str:
+        """The commonest misfit's category (ties: the smallest label); ``no-nodes`` when there is none."""
+        if self._reason is None:
+            self._reason = _commonest(self.misfit_counts())
+        return self._reason
 
 
 def _commonest(counts: dict[str, int]) -> str:
@@ -190,7 +199,7 @@ class SimCluster:
         if len(unknown):
             again = evaluate(self.ledger, request, self._candidates.subset(unknown), self.policy)
             entry.set_codes(unknown, again.outcome()[1], versions[unknown])
-        return _commonest(entry.misfit_counts())
+        return entry.reason()
 
     def remove(self, uid: str) -> None:
         if self.ledger.release(uid) is not None:

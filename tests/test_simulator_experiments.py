@@ -16,6 +16,7 @@ from extender.core import Ledger, evaluate
 from extender.core.ledger import UNACCOUNTED, UNLIMITED
 from extender.core.policies import POLICIES, make_policy
 from simulator import cli, compare
+from simulator.engine import _commonest
 from simulator.experiments import inflation
 from simulator.policies import PAPER, resolve
 from simulator.replay import replay
@@ -224,6 +225,7 @@ def check_invariants(time, cluster):
     assert cluster.allocated == int(ledger.used_units[rows].sum())
     for entry in cluster._shapes.values():
         assert np.array_equal(entry.counts, np.bincount(entry.code, minlength=len(entry.counts)))
+        assert entry.reason() == _commonest(entry.misfit_counts())  # the kept reason, against a fresh one
 
 
 @settings(max_examples=25, deadline=None)
