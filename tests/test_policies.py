@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from extender.core import CoreSettings, evaluate, make_policy, parse_pod, place
 from extender.core.cluster import build_ledger
-from extender.core.policies import POLICIES, Take
+from extender.core.policies import POLICIES, WORKLOAD_POLICIES, Take, View
 from extender.testing.factories import gpu_node, gpu_pod
 
 S = CoreSettings()
@@ -101,6 +101,11 @@ def test_registry_and_parameters():
         make_policy("fastest")
     with pytest.raises(ValueError, match="policy 'binpack' takes no parameter\\(s\\) seed"):
         make_policy("binpack", seed=1)
+
+
+@pytest.mark.parametrize("policy", sorted({**POLICIES, **WORKLOAD_POLICIES}.values(), key=lambda p: p.name))
+def test_what_a_policy_reads_at_once_is_a_view_array(policy):
+    assert set(policy.reads) <= View._GATHERED  # else evaluate would gather some other ledger array
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))

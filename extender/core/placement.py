@@ -236,7 +236,7 @@ def evaluate(ledger: Ledger, pod: PodRequest, nodes: Sequence[str] | Candidates,
                                 else ("no-inventory", "fracgpu: node has no GPU inventory"))
         known = [n for n, r in zip(nodes, rows.tolist()) if r >= 0]
         rows = rows[rows >= 0]
-    explainer = _Explainer(ledger, pod, known, rows)
+    explainer = _Explainer(ledger, pod, known, rows, policy.reads)
     if not known:
         return Evaluation(pod, [], np.zeros(0), explainer, absent=absent)
     if not pod.wants_gpu:
@@ -426,7 +426,8 @@ class _Explainer:
     Everything kept is a copy taken at evaluation time, so explaining later is not confused by later changes.
     """
 
-    def __init__(self, ledger: Ledger, pod: PodRequest, names: list[str], rows: np.ndarray | None) -> None:
+    def __init__(self, ledger: Ledger, pod: PodRequest, names: list[str], rows: np.ndarray | None,
+                 reads: tuple[str, ...] = ()) -> None:
         self.ledger = ledger
         self.pod = pod
         self.names = names
@@ -436,7 +437,7 @@ class _Explainer:
         self._scans = 0
         if rows is None:
             return
-        self.view = View(ledger, rows, _GATHER if pod.wants_gpu else ())
+        self.view = View(ledger, rows, _GATHER + reads if pod.wants_gpu else reads)
         self.model = ledger.model.take(rows, axis=0) if pod.models is not None else None
         self.pool = ledger.find_pool_id(pod.pool)  # a lookup: evaluating never adds to the ledger
         # With no pool named by any node or pod, every node and GPU is in the pod's (no) pool: nothing to compare.

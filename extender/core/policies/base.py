@@ -177,6 +177,9 @@ class Policy(ABC):
     # True when the published simulator scores this policy in integer steps of its 0..100 scale (0.1 here) and
     # its ties decide: the simulator then compares scores in those steps.
     integer_scores: ClassVar[bool] = True
+    # View arrays the policy reads at every scoring: gathered with the evaluation's own, at once (cheaper than
+    # one by one when first read; a name the evaluation gathers anyway need not be listed)
+    reads: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...

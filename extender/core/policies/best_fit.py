@@ -38,6 +38,7 @@ def check_dims(policy: str, dims: str) -> str:
 
 class BestFit(Policy):
     name = "best-fit"
+    reads = ("free_units_sum",)
 
     def __init__(self, dims: str = "units+memory") -> None:
         self.dims = check_dims(self.name, dims)

@@ -27,6 +27,7 @@ from .best_fit import DIMS, check_dims
 
 class DotProduct(Policy):
     name = "dot-product"
+    reads = ("free_units_sum",)
 
     def __init__(self, dims: str = "units+memory") -> None:
         self.dims = check_dims(self.name, dims)

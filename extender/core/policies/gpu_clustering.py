@@ -30,6 +30,7 @@ AFFINITIES = ("share", "kind")
 
 class GpuClustering(Policy):
     name = "gpu-clustering"
+    reads = ("free_units_sum",)
 
     def __init__(self, affinity: str = "share") -> None:
         if affinity not in AFFINITIES:
