@@ -90,7 +90,7 @@ class _ShapeEntry:
         return dict(category_counts(self.counts))
 
     def reason(self) -> str:
-        """The commonest misfit's category (ties: the smallest label); ``no-nodes`` when there is none."""
+        """:func:`_commonest` of the tally, worked out again only after the tally changed."""
         if self._reason is None:
             self._reason = _commonest(self.misfit_counts())
         return self._reason
