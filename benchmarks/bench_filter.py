@@ -28,6 +28,8 @@ from extender.testing.factories import gpu_node, gpu_pod  # noqa: E402
 # 100,000 pods ask for about 82% of 40,000 GPUs: a busy cluster where some candidates fit and most do not.
 SHAPES = [((5, 1), 15), ((10, 1), 25), ((20, 1), 20), ((25, 1), 15), ((50, 1), 12), ((100, 1), 10),
           ((100, 2), 3)]
+# FGD's target workload: the same shapes
+WORKLOAD = [(0, count, units, None, weight / sum(w for _, w in SHAPES)) for (units, count), weight in SHAPES]
 
 
 def build_cluster(nodes: int, gpus: int, pods: int, seed: int) -> Ledger:
@@ -140,7 +142,7 @@ def main() -> None:
     print("\nper policy and request (mean / p99 per call):")
     for label, request in requests.items():
         for name in sorted(POLICIES):
-            policy = make_policy(name, seed=1) if name == "random" else make_policy(name)
+            policy = make_policy(name, seed=1, workload=WORKLOAD)
             samples = timed(lambda i: evaluate(ledger, request, candidate_sets[i], policy), args.calls)
             print(f"  {label:28s} {name:15s} {summary(samples)}")
 

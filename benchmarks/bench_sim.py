@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.compare import settle  # noqa: E402
 from simulator.experiments import inflation  # noqa: E402
-from simulator.policies import PAPER  # noqa: E402
+from simulator.policy_specs import PAPER  # noqa: E402
 from simulator.trace import load_openb_nodes, load_openb_pods  # noqa: E402
 
 PUBLISHED_SECONDS = 600.0

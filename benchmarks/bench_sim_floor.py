@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import simulator.engine as engine  # noqa: E402
 from simulator.compare import settle  # noqa: E402
 from simulator.experiments import inflate, inflation  # noqa: E402
-from simulator.policies import PAPER  # noqa: E402
+from simulator.policy_specs import PAPER  # noqa: E402
 from simulator.trace import SETTINGS, load_openb_nodes, load_openb_pods  # noqa: E402
 
 RESOLUTION = 0.1  # the simulator's score steps (engine.SimCluster's default)

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .policies import PAPER, resolve
+from .policy_specs import PAPER, resolve
 from .trace import TraceError
 
 DEFAULT_SEEDS = "42-51"

@@ -26,7 +26,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from .experiments import InflationResult, inflation
-from .policies import PAPER_UNALLOCATED, PolicySpec
+from .policy_specs import PAPER_UNALLOCATED, PolicySpec
 from .trace import load_openb_nodes, load_openb_pods
 
 _TRACE: dict = {}

@@ -1,4 +1,4 @@
-"""`make demo`: place a seeded synthetic workload on a synthetic cluster with every policy, compare them, and
+"""`fracgpu-demo`: place a seeded synthetic workload on a synthetic cluster with every policy, compare them, and
 print the per-GPU table of one policy with the reasons the pods that did not fit are waiting.
 
     python -m simulator.demo [--pods 60] [--seed 7] [--policy binpack]
@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 
 from extender.core import CoreSettings, Ledger, evaluate, make_policy, parse_pod
-from extender.core.cluster import build_ledger
+from extender.core.loading import build_ledger
 from extender.core.policies import POLICIES, Policy
 from extender.core.resources import PodRequest
+from extender.core.workload import pod_shape, target_workload
 
 from .compare import format_table
 from .synthetic import synthetic_cluster, synthetic_workload
@@ -60,14 +61,15 @@ def main(argv: list[str] | None = None) -> None:
           f"(2 x 8 H100 NVLink, 2 x 4 T4 PCIe, 1 x 4 A100 in pool team-a); unitsPerGpu={settings.units_per_gpu}, "
           f"reserve {settings.reserve_mib} MiB per GPU\n")
 
+    workload = target_workload(shape for shape in map(pod_shape, requests) if shape is not None)
     rows = []
     for name in sorted(POLICIES):
-        policy = make_policy(name, seed=args.seed) if name == "random" else make_policy(name)
+        policy = make_policy(name, seed=args.seed, workload=workload)
         ledger, pending = place_all(settings, nodes, requests, policy)
         rows.append({"policy": policy.describe(), **summary_row(ledger, len(requests) - len(pending), len(pending))})
     print_table(rows)
 
-    policy = make_policy(args.policy, seed=args.seed) if args.policy == "random" else make_policy(args.policy)
+    policy = make_policy(args.policy, seed=args.seed, workload=workload)
     ledger, pending = place_all(settings, nodes, requests, policy)
     print(f"\nper GPU under {policy.describe()}:")
     table = []

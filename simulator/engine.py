@@ -5,7 +5,7 @@
   placed, and retries come last), ``sequence`` keeps insertion order among equals.
 * :class:`SimCluster`: a :class:`~extender.core.Ledger` of the cluster's nodes; :meth:`SimCluster.place` runs
   :func:`~extender.core.evaluate` over every node, picks the best score with the configured tie-break, takes the
-  GPUs :meth:`~extender.core.placement.Evaluation.placement` chose and reserves them: the same steps as the
+  GPUs :meth:`~extender.core.evaluation.Evaluation.placement` chose and reserves them: the same steps as the
   extender's Filter, Prioritize and Bind. For ``node_local`` policies it keeps, per pod shape, every node's last
   answer and the ledger generation when the shape was last evaluated, and evaluates again only the nodes whose
   row changed since (their row version is newer), with the best unchanged node among them so that the chosen
@@ -31,7 +31,8 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from extender.core import Ledger, evaluate
-from extender.core.placement import CODES, FIT, Evaluation, category_counts
+from extender.core.checks import CODES, MisfitCode, category_counts
+from extender.core.evaluation import Evaluation
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy
 
@@ -72,7 +73,7 @@ class _ShapeEntry:
         self.scores = np.full(nodes, -np.inf)  # the score as compared (cut); -inf where the node does not fit
         # misfit code per node (FIT where it fits) and the row version it was worked out at: codes are worked out
         # only when a pod of the shape fits nowhere (the failure's reason), for the nodes whose code is stale
-        self.code = np.full(nodes, FIT, dtype=np.int64)
+        self.code = np.full(nodes, MisfitCode.FIT, dtype=np.int64)
         self.code_versions = np.full(nodes, -1, dtype=np.int64)
         self.counts = np.bincount(self.code, minlength=CODES)  # nodes per code, kept with ``code``
         self._reason: str | None = None  # the commonest misfit of ``counts``, while they have not changed

@@ -22,7 +22,8 @@ import numpy as np
 
 from extender.core.inventory import NodeInventory
 from extender.core.policies import Policy, View
-from extender.core.policies.fgd import Fgd, target_workload
+from extender.core.policies.fgd import Fgd
+from extender.core.workload import target_workload
 
 from .engine import ARRIVE, EventQueue, SimCluster, TieBreak, percent
 from .trace import SETTINGS, SimPod

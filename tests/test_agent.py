@@ -10,8 +10,8 @@ import pytest
 from extender.agent.cli import main as agent_main
 from extender.agent.fake import FakeNvml
 from extender.agent.inventory import read_inventory
-from extender.core.cluster import build_ledger
-from extender.core.placement import evaluate, place
+from extender.core.loading import build_ledger
+from extender.core.evaluation import evaluate, place
 from extender.core.policies import make_policy
 from extender.core.resources import parse_pod
 from extender.core.settings import GPUS_ANNOTATION, CoreSettings

@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 from extender.agent.fake import FakeNvml
 from extender.agent.publish import Publisher, PublishSettings, describe_api_error, plan
 from extender.agent.inventory import read_inventory
-from extender.core.cluster import build_ledger
+from extender.core.loading import build_ledger
 from extender.core.settings import GPUS_ANNOTATION, CoreSettings
 
 

@@ -380,14 +380,14 @@ async def test_fgd_learns_its_target_workload_from_the_pods_it_sees(aiohttp_clie
     for name, units in (("p1", 50), ("p2", 25)):
         await post(client, "filter", filter_args(gpu_pod(name, units=units), names=["a", "b"]))
     # window of 3 GPU pods: held (30), p1 (50), p2 (25); each a third
-    assert sorted(ext._recent.workload(100)) == [(0, 1, 25, None, 1 / 3), (0, 1, 30, None, 1 / 3),
+    assert sorted(ext._recent.shapes()) == [(0, 1, 25, None, 1 / 3), (0, 1, 30, None, 1 / 3),
                                                  (0, 1, 50, None, 1 / 3)]
     pod = gpu_pod("p3", units=25)
     await post(client, "filter", filter_args(pod, names=["a", "b"]))
     version = ext._recent.version
     scores = await post(client, "prioritize", filter_args(pod, names=["a", "b"]))
     assert ext._recent.version == version  # Prioritize of the same pod is not a new observation
-    workload = ext._recent.workload(100)  # p1, p2, p3: the oldest (held) has left the window
+    workload = ext._recent.shapes()  # p1, p2, p3: the oldest (held) has left the window
     assert sorted(workload) == [(0, 1, 25, None, 2 / 3), (0, 1, 50, None, 1 / 3)]
     expected = evaluate(ext.ledger, parse_pod(pod, ext.core), ["a", "b"], Fgd(workload))
     assert scores == [{"Host": n, "Score": round(s)} for n, s in zip(expected.fits, expected.scores.tolist())]

@@ -4,7 +4,7 @@ import pytest
 
 from extender.core import CoreSettings, Ledger, LedgerConflict, evaluate, make_policy, parse_node, parse_pod
 from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
-from extender.core.cluster import build_ledger
+from extender.core.loading import build_ledger
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_node, gpu_pod
 

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from extender.core import placement as core_placement
-from extender.core.resources import ContainerNeed
+from types import SimpleNamespace
+
 from extender.core import CoreSettings, Misfit, Placement, evaluate, make_policy, parse_node, parse_pod, place
-from extender.core.cluster import build_ledger
-from extender.core.policies import POLICIES, Need
+from extender.core.checks import GpuChecks, MisfitCode, any_gpu
+from extender.core.loading import build_ledger
+from extender.core.policies import POLICIES
+from extender.core.resources import ContainerNeed
 from extender.testing.factories import container, gpu_node, gpu_pod
 
 S = CoreSettings()
@@ -46,7 +48,7 @@ def test_misfit_codes_worked_out_late_describe_the_state_that_was_evaluated():
     ledger.release("u-holder")  # now "a" would fit
     assert evaluate(ledger, request, ["a", "b"], BINPACK).fits == ["a", "b"]
     assert (dict(late.failed), dict(late.rejections), late.outcome()[1].tolist()) == expected
-    assert list(expected[0]) == ["a"] and expected[2][1] == core_placement.FIT
+    assert list(expected[0]) == ["a"] and expected[2][1] == MisfitCode.FIT
 
 
 
@@ -243,55 +245,54 @@ def test_evaluating_a_pod_of_an_unseen_pool_changes_nothing():
 @given(st.data())
 def test_misfit_codes_follow_the_documented_precedence(data):
     # The vectorised codes against the rule written out per node: node pool, then model, too few usable GPUs,
-    # too few big enough, fits, else RESOLVABLE + the checks that blocked otherwise usable GPUs (1 units,
-    # 2 memory, 4 GPU pool).
+    # too few big enough, fits, else the capacity flags of the checks that blocked otherwise usable GPUs.
     n, width, k = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 8)), data.draw(st.integers(1, 3))
 
     def grid():
         return np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=width, max_size=width),
                                            min_size=n, max_size=n)))
 
-    checks = object.__new__(core_placement._Checks)
-    checks.need = Need(ContainerNeed("c", "app", 10, k, None), "uid")
-    checks.model_ok = grid()
-    checks.static = grid() & checks.model_ok
-    # memory derived from units: "big enough" is "offered", and the same array (the code skips that check)
-    checks.sized = checks.static if data.draw(st.booleans()) else checks.static & grid()
-    # without pools (no pool named anywhere) every GPU and node passes the pool checks
-    checks.pooled = data.draw(st.booleans())
-    checks.units_ok, checks.memory_ok = grid(), grid()
-    checks.pool_ok = grid() if checks.pooled else np.ones((n, width), dtype=bool)
-    checks.eligible = checks.sized & checks.units_ok & checks.memory_ok & checks.pool_ok
+    pooled, has_models = data.draw(st.booleans()), data.draw(st.booleans())
     node_pool_ok = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    if not checks.pooled:
-        node_pool_ok[:] = True
-    has_models = data.draw(st.booleans())
-    codes = checks.codes(node_pool_ok if checks.pooled else None, has_models).tolist()
+    model_ok = grid()
+    checks = object.__new__(GpuChecks)  # every check given, none worked out
+    checks.container = ContainerNeed("c", "app", 10, k, None)
+    # without pools (no pool named anywhere) every GPU and node passes the pool checks
+    checks.scope = SimpleNamespace(pooled=pooled, model_ok=model_ok if has_models else None,
+                                   node_pool_ok=node_pool_ok if pooled else None)
+    checks.static = grid() & model_ok
+    checks.sized = checks.static if data.draw(st.booleans()) else checks.static & grid()
+    checks.units_ok, checks.memory_ok = grid(), grid()
+    checks.pool_ok = grid() if pooled else np.ones((n, width), dtype=bool)
+    checks.eligible = checks.sized & checks.units_ok & checks.memory_ok & checks.pool_ok
+    codes = checks.codes().tolist()
     for i in range(n):
-        if not node_pool_ok[i]:
-            expected = core_placement.POOL
-        elif has_models and not checks.model_ok[i].any():
-            expected = core_placement.MODEL
+        if pooled and not node_pool_ok[i]:
+            expected = MisfitCode.POOL
+        elif has_models and not model_ok[i].any():
+            expected = MisfitCode.MODEL
         elif checks.static[i].sum() < k:
-            expected = core_placement.TOO_FEW
+            expected = MisfitCode.TOO_FEW
         elif checks.sized[i].sum() < k:
-            expected = core_placement.TOO_BIG
+            expected = MisfitCode.TOO_BIG
         elif checks.eligible[i].sum() >= k:
-            expected = core_placement.FIT
+            expected = MisfitCode.FIT
         else:
             sized = checks.sized[i]
-            expected = core_placement.RESOLVABLE + sum(bit for bit, ok in ((1, checks.units_ok[i]), (2, checks.memory_ok[i]),
-                                                                      (4, checks.pool_ok[i])) if (sized & ~ok).any())
+            expected = sum(flag for flag, ok in ((MisfitCode.UNITS, checks.units_ok[i]),
+                                                 (MisfitCode.MEMORY, checks.memory_ok[i]),
+                                                 (MisfitCode.GPU_POOL, checks.pool_ok[i])) if (sized & ~ok).any())
+            assert expected, "a node with enough sized GPUs that does not fit has a blocked check"
         assert codes[i] == expected, (i, codes, expected)
 
 
 # ------------------------------------------------------------------ one-GPU choice: the evaluation's pick, re-derived
 @settings(max_examples=60, deadline=None)
-@given(data=st.data(), policy=st.sampled_from(sorted(POLICIES) + ["fgd"]))
+@given(data=st.data(), policy=st.sampled_from(sorted(POLICIES)))
 def test_one_gpu_choice_is_the_highest_preference_lowest_position(data, policy):
     # placement() reads the GPU vectorised() took; it must be the first of the eligible GPUs ordered by
     # (highest preference, lowest position), the order the general path sorts by.
-    chosen_policy = make_policy(policy, workload=[(0, 1, 500, None, 1.0)]) if policy == "fgd" else make_policy(policy)
+    chosen_policy = make_policy(policy, workload=[(0, 1, 50, None, 1.0)])
     nodes = [gpu_node(f"n{i}", gpus=data.draw(st.integers(1, 4)), memory_mib=16000) for i in range(3)]
     pods = []
     for j in range(data.draw(st.integers(0, 6))):
@@ -304,21 +305,21 @@ def test_one_gpu_choice_is_the_highest_preference_lowest_position(data, policy):
             ledger.reserve(placement.assignment(evaluation.pod, "binpack"))
     request = parse_pod(gpu_pod("x", units=data.draw(st.integers(1, 100)), uid="u-x"), S)
     evaluation = evaluate(ledger, request, ["n0", "n1", "n2"], chosen_policy)
-    explainer = evaluation._explainer
+    path = evaluation._path
     for node in evaluation.fits:
-        i = explainer.names.index(node)
-        eligible = np.flatnonzero(explainer.checks[0].eligible[i]).tolist()
-        expected = sorted(eligible, key=lambda p: (-explainer.preference[i][p], p))[0]
+        i = path.candidates.names.index(node)
+        eligible = np.flatnonzero(path.checks[0].eligible[i]).tolist()
+        expected = sorted(eligible, key=lambda p: (-path.preference[i][p], p))[0]
         got = evaluation.placement(node).containers[0].gpus[0].index
-        assert got == explainer.inventory(i).gpus[expected].index
+        assert got == path.candidates.inventory(i).gpus[expected].index
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 40), st.integers(1, 17), st.booleans(), st.data())
 def test_any_gpu_per_node_equals_numpys_any(nodes, width, transposed, data):
-    # _any reads a row of 1, 2, 4 or 8 booleans as one word; every width and layout must agree with numpy
+    # any_gpu reads a row of 1, 2, 4 or 8 booleans as one word; every width and layout must agree with numpy
     cells = data.draw(st.lists(st.booleans(), min_size=nodes * width, max_size=nodes * width))
     mask = np.array(cells, dtype=bool).reshape(nodes, width)
     if transposed:  # not C-contiguous
         mask = np.asfortranarray(mask)
-    assert np.array_equal(core_placement._any(mask), mask.any(axis=1))
+    assert np.array_equal(any_gpu(mask), mask.any(axis=1))

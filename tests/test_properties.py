@@ -1,4 +1,4 @@
-"""DESIGN.md invariants 1-6 as hypothesis state machines over the core, against a brute-force model."""
+"""docs/design.md invariants 1-6 as hypothesis state machines over the core, against a brute-force model."""
 
 from extender.testing.ledger_machine import LedgerMachine
 

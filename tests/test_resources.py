@@ -1,4 +1,4 @@
-"""Reading pods into requests: the resource model of DESIGN.md, and every kind of bad input."""
+"""Reading pods into requests: the resource model of docs/design.md, and every kind of bad input."""
 
 import pytest
 

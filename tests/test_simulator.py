@@ -1,5 +1,5 @@
-"""The simulator's foundations: host CPU/memory in the core, the trace readers, FGD's fragmentation, the event
-queue, and the inflation experiment's determinism."""
+"""The simulator's foundations: host CPU/memory in the core, the trace readers, the event queue, and the
+inflation experiment's determinism (FGD's own tests are in tests/policies/test_fgd.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from extender.core import Ledger, evaluate
 from extender.core.policies import View, make_policy
-from extender.core.policies.fgd import Fgd, target_workload
+from extender.core.policies.fgd import Fgd
 from simulator.engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster
 from simulator.experiments import FragmentationMeter, inflate, inflation, workload_of
 from simulator.trace import (SETTINGS, SimPod, TraceError, dump_jsonl, load_cluster_file, load_jsonl, load_openb_nodes,
@@ -50,37 +50,13 @@ def test_host_cpu_and_memory_are_checked_charged_and_released():
 def test_nodes_without_host_capacity_are_not_checked():  # the extender's nodes: kube-scheduler checks CPU
     from extender.testing.factories import gpu_node
     from extender.core import CoreSettings
-    from extender.core.cluster import build_ledger
+    from extender.core.loading import build_ledger
 
     ledger, _ = build_ledger(CoreSettings(), [gpu_node("g", gpus=1, memory_mib=16384)], [])
     pod = cpu_pod("p", 10**9, gpus=1, milli=50).request()
     assert evaluate(ledger, pod, ["g"], make_policy("binpack")).fits == ["g"]
 
 
-
-def test_cpu_left_is_zero_on_nodes_without_host_capacity_beside_nodes_with_it():
-    """cpu_left skips its mask while every node accounts CPU: the ledger must know when one stops doing so."""
-    from dataclasses import replace
-
-    from extender.core.policies import Need
-    from extender.core.policies.base import cpu_left
-    from extender.core.resources import ContainerNeed
-
-    ledger = Ledger(SETTINGS)
-    accounted = sim_node("a", cpu_milli=4000, memory_mib=8192, gpus=1, model="T4")
-    ledger.upsert_node(accounted)
-    assert ledger.accounts_cpu()
-    ledger.upsert_node(replace(sim_node("g", cpu_milli=1, memory_mib=1, gpus=1, model="T4"), cpu_milli=None))
-    assert not ledger.accounts_cpu()
-    need = Need(ContainerNeed("main", "app", 100, 1, None), "p", 1000)
-    assert cpu_left(View(ledger, np.array([ledger.row_of("a"), ledger.row_of("g")])), need).tolist() == [3000, 0]
-    ledger.remove_node("g")
-    assert ledger.accounts_cpu()
-    ledger.upsert_node(replace(accounted, cpu_milli=None))  # the same node, no longer accounting CPU
-    assert not ledger.accounts_cpu()
-    assert cpu_left(View(ledger, np.array([ledger.row_of("a")])), need).tolist() == [0]
-    ledger.upsert_node(accounted)  # and again accounting it
-    assert ledger.accounts_cpu()
 
 # ------------------------------------------------------------------ traces
 def test_the_embedded_openb_trace_loads_whole():
@@ -134,80 +110,6 @@ def test_cluster_files_are_node_lists_the_simulator_reads_back(tmp_path):
         "fracgpu.io/gpus": "{broken"}}}]}))
     with pytest.raises(TraceError, match="item 1"):
         load_cluster_file(path)
-
-
-# ------------------------------------------------------------------ FGD
-def test_fgd_fragmentation_worked_example():
-    # One shape: 1 GPU with 500 units, p = 1. Node: GPUs with 300 and 1000 free: the pod fits (GPU 1),
-    # GPU 0's 300 units are stranded. Without CPU room the whole 1300 free units are fragmented.
-    fgd = Fgd([(1000, 1, 500, None, 1.0)])
-    free = np.array([[300, 1000]])
-    access = np.ones((1, 1), dtype=bool)
-    assert fgd.fragmentation(free, np.array([4000]), access).tolist() == [300.0]
-    assert fgd.fragmentation(free, np.array([500]), access).tolist() == [1300.0]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_fgd_fragmentation_after_one_gpu_equals_summing_again(data):
-    # the incremental update FGD scores one-GPU pods with must equal fragmentation() of the changed node
-    shapes = data.draw(st.lists(st.tuples(st.integers(0, 8000), st.integers(0, 3), st.integers(0, 1000)),
-                                min_size=1, max_size=6))
-    fgd = Fgd([(cpu, count, units, None, 1.0 / len(shapes)) for cpu, count, units in shapes])
-    n, width = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 8))
-    free = np.array(data.draw(st.lists(st.lists(st.integers(-100, 1000), min_size=width, max_size=width),
-                                       min_size=n, max_size=n)))
-    cpu = np.array(data.draw(st.lists(st.integers(0, 16000), min_size=n, max_size=n)))
-    access = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=len(shapes), max_size=len(shapes)),
-                                         min_size=n, max_size=n)))
-    units, cpu_milli = data.draw(st.integers(1, 1000)), data.draw(st.integers(0, 8000))
-    before, after = fgd.fragmentation_after_one(free, cpu, access, units, cpu_milli)
-    assert np.array_equal(before, fgd.fragmentation(free, cpu, access))
-    for g in range(width):
-        changed = np.maximum(free, 0)
-        changed[:, g] -= units
-        assert np.array_equal(after[:, g], fgd.fragmentation(changed, cpu - cpu_milli, access))
-
-
-def test_fgd_prefers_the_gpu_whose_leftover_the_workload_can_still_use():
-    ledger = Ledger(SETTINGS)
-    ledger.upsert_node(sim_node("n", cpu_milli=64000, memory_mib=10**6, gpus=2, model="T4"))
-    first = cpu_pod("a", 1000, gpus=1, milli=500).request()
-    ledger.reserve(evaluate(ledger, first, ["n"], make_policy("best-fit")).placement("n").assignment(first, "x"))
-    fgd = Fgd([(1000, 1, 500, None, 1.0)])
-    pod = cpu_pod("b", 1000, gpus=1, milli=500).request()
-    placement = evaluate(ledger, pod, ["n"], fgd).placement("n")
-    assert placement.containers[0].gpus[0].index == 0  # filling the half-used GPU strands nothing
-
-
-def test_fgd_cache_gives_the_same_scores_as_computing_afresh():
-    rng = random.Random(3)
-    nodes = [sim_node(f"n{i}", cpu_milli=32000, memory_mib=10**6, gpus=rng.choice([1, 2, 4, 8]), model="T4")
-             for i in range(12)]
-    pods = [cpu_pod(f"p{i}", rng.choice([1000, 4000, 8000]), gpus=1, milli=rng.choice([250, 500, 1000]))
-            for i in range(80)]
-    workload = target_workload(p.shape for p in pods)
-    cached, fresh = Fgd(workload), Fgd(workload)
-    ledger = Ledger(SETTINGS)
-    for node in nodes:
-        ledger.upsert_node(node)
-    names = [n.name for n in nodes]
-    for pod in pods:
-        request = pod.request()
-        a = evaluate(ledger, request, names, cached)
-        fresh._cache.clear()
-        b = evaluate(ledger, request, names, fresh)
-        assert a.fits == b.fits and np.array_equal(a.scores, b.scores)
-        if a.fits:
-            node = a.fits[int(np.argmax(a.scores))]
-            ledger.reserve(a.placement(node).assignment(request, "fgd"))
-
-
-def test_target_workload_covers_95_percent_and_renormalises():
-    shapes = [(1, 1, 500, None)] * 60 + [(1, 1, 1000, None)] * 36 + [(2, 0, 0, None)] * 4
-    workload = target_workload(shapes)
-    assert [w[:4] for w in workload] == [(1, 1, 500, None), (1, 1, 1000, None)]
-    assert sum(w[4] for w in workload) == pytest.approx(1.0) and workload[0][4] == pytest.approx(60 / 96)
 
 
 # ------------------------------------------------------------------ engine and experiments

@@ -1,5 +1,5 @@
-"""The paper's baselines as parameters of the core's policies, the per-shape cache, the replay experiment, the
-``fracgpu-sim`` command line, and the DESIGN.md invariants at every event of random simulations."""
+"""The per-shape cache, the replay experiment, the ``fracgpu-sim`` command line, and the design's invariants at
+every event of random simulations."""
 
 from __future__ import annotations
 
@@ -12,85 +12,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from extender.core import Ledger, evaluate
 from extender.core.ledger import UNACCOUNTED, UNLIMITED
-from extender.core.policies import POLICIES, make_policy
+from extender.core.policies import POLICIES
 from simulator import cli, compare
 from simulator.engine import _commonest
 from simulator.experiments import inflation
-from simulator.policies import PAPER, resolve
+from simulator.policy_specs import PAPER, resolve
 from simulator.replay import replay
 from simulator.synthetic import synthetic_trace
-from simulator.trace import SETTINGS, SimPod, dump_jsonl, sim_node
+from simulator.trace import SimPod, dump_jsonl, sim_node
 
-from test_simulator import cpu_pod, small_trace
-
-
-def ledger_of(*nodes):
-    ledger = Ledger(SETTINGS)
-    for node in nodes:
-        ledger.upsert_node(node)
-    return ledger
-
-
-def score(ledger, pod, policy, node):
-    evaluation = evaluate(ledger, pod.request(pod.name), [node], policy)
-    return evaluation.score_of(node)
-
-
-def hold(ledger, pod, node, policy):
-    request = pod.request(pod.name)
-    ledger.reserve(evaluate(ledger, request, [node], policy).placement(node).assignment(request, "test"))
-
-
-# ------------------------------------------------------------------ the paper's definitions
-def test_best_fit_on_cpu_and_units_worked_example():
-    big = sim_node("big", cpu_milli=128000, memory_mib=1 << 20, gpus=8, model="G2")
-    node = sim_node("n", cpu_milli=32000, memory_mib=1 << 20, gpus=2, model="G2")
-    ledger = ledger_of(big, node)
-    hold(ledger, cpu_pod("x", 0, gpus=1, milli=500), "n", make_policy("best-fit"))  # 1500 units left
-    pod = cpu_pod("p", 8000, gpus=1, milli=500)
-    # 10 * (1 - 0.5 * 24000/128000 - 0.5 * 1000/8000) = 8.4375 (the docstring's example)
-    assert score(ledger, pod, make_policy("best-fit", dims="cpu+units"), "n") == pytest.approx(8.4375)
-    assert score(ledger, pod, make_policy("best-fit"), "n") != pytest.approx(8.4375)  # GPU memory instead of CPU
-
-
-def test_dot_product_on_cpu_and_units_worked_example():
-    big = sim_node("big", cpu_milli=128000, memory_mib=1 << 20, gpus=8, model="G2")
-    node = sim_node("n", cpu_milli=64000, memory_mib=1 << 20, gpus=4, model="G2")
-    ledger = ledger_of(big, node)
-    pod = cpu_pod("p", 16000, gpus=1, milli=1000)
-    # free (64000, 4000) over (128000, 8000) = (0.5, 0.5); ask (0.125, 0.125): 10 * (1 - 0.125/2) = 9.375
-    assert score(ledger, pod, make_policy("dot-product", dims="cpu+units"), "n") == pytest.approx(9.375)
-
-
-def test_gpu_clustering_by_kind_counts_every_share_as_one_kind():
-    a = sim_node("a", cpu_milli=64000, memory_mib=1 << 20, gpus=8, model="G2")
-    b = sim_node("b", cpu_milli=64000, memory_mib=1 << 20, gpus=8, model="G2")
-    ledger = ledger_of(a, b)
-    packing = make_policy("gpu-packing")
-    hold(ledger, cpu_pod("s", 0, gpus=1, milli=250), "a", packing)  # a: one shared-GPU pod
-    hold(ledger, cpu_pod("w", 0, gpus=2, milli=1000), "b", packing)  # b: one 2-GPU pod
-    by_kind, by_share = make_policy("gpu-clustering", affinity="kind"), make_policy("gpu-clustering")
-    share = cpu_pod("p", 0, gpus=1, milli=500)
-    # kind: a 500-unit pod joins the 250-unit pod's kind -> top band (7.5 + fullness); by share: other share -> 0
-    assert score(ledger, share, by_kind, "a") == pytest.approx(7.5 + 2.5 * 250 / 8000)
-    assert score(ledger, share, by_share, "a") == pytest.approx(2.5 * 250 / 8000)
-    two = cpu_pod("q", 0, gpus=2, milli=1000)
-    assert score(ledger, two, by_kind, "b") == pytest.approx(7.5 + 2.5 * 2000 / 8000)
-    assert score(ledger, cpu_pod("c", 1000), by_kind, "b") == 0.0  # no GPU: 0 everywhere, as in the paper
-    ledger.release("w")
-    assert ledger.kind_count[ledger.row_of("b")].sum() == 0
-
-
-def test_unknown_parameters_and_values_are_named():
-    with pytest.raises(ValueError, match="dims must be one of"):
-        make_policy("best-fit", dims="cpu")
-    with pytest.raises(ValueError, match="affinity must be one of"):
-        make_policy("gpu-clustering", affinity="model")
-    with pytest.raises(ValueError, match="takes no parameter"):
-        resolve("gpu-packing:dims=cpu+units")
-    assert resolve("best-fit:dims=cpu+units").build(0, []).describe() == "best-fit(dims=cpu+units)"
+from test_simulator import small_trace
 
 
 # ------------------------------------------------------------------ the per-shape cache decides as evaluate does
@@ -205,7 +137,7 @@ def test_bad_input_is_named_with_exit_status_2(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ invariants at every event (DESIGN.md 1, 5, 6)
+# ------------------------------------------------------------------ invariants at every event (docs/design.md 1, 5, 6)
 def check_invariants(time, cluster):
     ledger = cluster.ledger
     rows = cluster._rows

@@ -29,10 +29,11 @@ from ..core import (
     place,
     to_annotation,
 )
-from ..core.cluster import LoadReport, load_node, load_pod
+from ..core.loading import LoadReport, load_node, load_pod
 from ..core.ledger import Ledger
-from ..core.placement import Evaluation
-from ..core.policies import POLICIES, WORKLOAD_POLICIES, Fgd, Policy, RecentShapes
+from ..core.evaluation import Evaluation
+from ..core.policies import POLICIES, Policy
+from ..core.workload import RecentShapes, pod_shape
 from ..core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POLICY_ANNOTATION
 from .metrics import Metrics
 from .settings import ExtenderSettings
@@ -78,8 +79,8 @@ class Extender:
         self.synced = False
         self.warnings: deque[str] = deque(maxlen=1000)  # the latest problems with nodes and pods
         self._policies: dict[str, Policy] = {}
-        self._recent = RecentShapes(self.settings.fgd_window)
-        self._fgd: tuple[int, Fgd] | None = None  # (window version it was built at, policy)
+        # the target workload of policies that plan for what is to come (FGD): the shapes of the pods seen last
+        self._recent = RecentShapes(self.settings.fgd_window, units_per_gpu=self.core.units_per_gpu)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._pods: dict[str, dict] = {}  # uid -> pod, for bind lookups and preemption priorities
         self._node_raw: dict[str, object] = {}  # node -> last inventory annotation read (non-cache mode)
@@ -334,10 +335,10 @@ class Extender:
         request, error = None, None
         try:
             request = parse_pod(pod, self.core)
-            if request.single is not None and (seen is None or seen.request is None):
+            shape = pod_shape(request)
+            if shape is not None and (seen is None or seen.request is None):
                 # one observation per pod: FGD's target workload is the shapes of the GPU pods seen last
-                single = request.single
-                self._recent.observe((request.cpu_milli, single.count, single.units, request.models))
+                self._recent.observe(shape)
             self._policy(request)
         except InvalidRequest as exc:
             error = f"fracgpu: {exc}"
@@ -368,16 +369,11 @@ class Extender:
 
     def _policy(self, request: PodRequest) -> Policy:
         name = request.policy or self.settings.policy
-        if name == Fgd.name:
-            if self._fgd is None or self._fgd[0] != self._recent.version:
-                self._fgd = (self._recent.version, Fgd(self._recent.workload(self.core.units_per_gpu)))
-            return self._fgd[1]
         if name not in POLICIES:
-            known = ", ".join(sorted({*POLICIES, *WORKLOAD_POLICIES}))
             raise InvalidRequest(f"metadata.annotations[{POLICY_ANNOTATION}]",
-                                 f"unknown policy {name!r}; known: {known}", pod=request.key)
+                                 f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}", pod=request.key)
         if name not in self._policies:
-            self._policies[name] = make_policy(name, seed=self.settings.seed) if name == "random" else make_policy(name)
+            self._policies[name] = make_policy(name, seed=self.settings.seed, workload=self._recent)
         return self._policies[name]
 
     def _fits(self, request: PodRequest, node: str, policy: Policy) -> bool:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core import CoreSettings
-from ..core.policies import POLICIES, WORKLOAD_POLICIES
+from ..core.policies import POLICIES
 
 
 class SettingsError(ValueError):
@@ -44,8 +44,8 @@ class ExtenderSettings(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
-        if value not in POLICIES and value not in WORKLOAD_POLICIES:
-            raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted({*POLICIES, *WORKLOAD_POLICIES}))}")
+        if value not in POLICIES:
+            raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted(POLICIES))}")
         return value
 
     @field_validator("listen")

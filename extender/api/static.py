@@ -73,11 +73,6 @@ class StaticCluster:
         if self._sink is not None:
             self._sink.on_pod(pod)
 
-    def delete_pod(self, namespace: str, name: str) -> None:
-        pod = self.pods.pop((namespace, name), None)
-        if pod is not None and self._sink is not None:
-            self._sink.on_pod_deleted(pod)
-
     async def close(self) -> None:
         pass
 

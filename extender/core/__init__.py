@@ -1,14 +1,15 @@
 """fracgpu's pure placement core: no Kubernetes client, no server, no I/O, no clock.
 
-The extender and the simulator both call exactly this code (DESIGN.md: "the simulator and the live extender
-call the same placement code").
+The extender and the simulator both call exactly this code (docs/design.md: "the simulator and the live
+extender call the same placement code").
 """
 
 from .assignment import Assignment, ContainerAssignment, GpuShare, from_annotation, to_annotation
 from .errors import CorruptAnnotation, FracGpuError, InvalidRequest, LedgerConflict
 from .inventory import GpuInfo, NodeInventory, inventory_annotation, parse_node
 from .ledger import Ledger
-from .placement import Evaluation, Misfit, Placement, Reason, evaluate, place
+from .evaluation import Evaluation, Placement, evaluate, place
+from .reasons import Misfit, Reason
 from .policies import DEFAULT_POLICY, POLICIES, Policy, make_policy
 from .resources import ContainerNeed, PodRequest, parse_pod
 from .settings import CoreSettings

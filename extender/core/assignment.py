@@ -1,6 +1,6 @@
 """Which GPUs a pod holds: the ``fracgpu.io/assignment`` annotation and its in-memory form.
 
-The annotation is the source of truth the ledger is rebuilt from after a restart (DESIGN.md invariant 4), so
+The annotation is the source of truth the ledger is rebuilt from after a restart (docs/design.md invariant 4), so
 it carries everything needed to charge the pod again: per container its kind (init / sidecar / app, in
 declaration order, from which the phases follow) and its GPU shares. It also names the pod's UID, so an
 annotation copied onto another pod (a template, a ``kubectl get -o yaml | kubectl apply``) is recognised as
@@ -56,21 +56,25 @@ class Assignment:
         return f"{self.namespace}/{self.name}"
 
     def charges(self) -> dict[int, tuple[int, int]]:
-        """Per GPU index: (units, MiB) charged = per resource, the maximum over the pod's phases of the sum of
-        the shares of the containers running in that phase (the Kubernetes effective-request rule)."""
-        phases = phases_of(tuple(c.kind for c in self.containers))
-        charged: dict[int, tuple[int, int]] = {}
-        for phase in phases:
-            sums: dict[int, list[int]] = {}
-            for position in phase:
-                for share in self.containers[position].gpus:
-                    acc = sums.setdefault(share.index, [0, 0])
-                    acc[0] += share.units
-                    acc[1] += share.memory_mib
-            for index, (units, memory) in sums.items():
-                old_units, old_memory = charged.get(index, (0, 0))
-                charged[index] = (max(old_units, units), max(old_memory, memory))
-        return dict(sorted(charged.items()))
+        """Per GPU index: (units, MiB) the ledger charges for this pod (:func:`phase_charges`)."""
+        return phase_charges(self.containers)
+
+
+def phase_charges(containers: tuple[ContainerAssignment, ...]) -> dict[int, tuple[int, int]]:
+    """Per GPU index, (units, MiB) charged: per resource, the maximum over the pod's phases of the sum of the
+    shares of the containers running in that phase (the Kubernetes effective-request rule), by index."""
+    charged: dict[int, tuple[int, int]] = {}
+    for phase in phases_of(tuple(c.kind for c in containers)):
+        sums: dict[int, list[int]] = {}
+        for position in phase:
+            for share in containers[position].gpus:
+                acc = sums.setdefault(share.index, [0, 0])
+                acc[0] += share.units
+                acc[1] += share.memory_mib
+        for index, (units, memory) in sums.items():
+            old_units, old_memory = charged.get(index, (0, 0))
+            charged[index] = (max(old_units, units), max(old_memory, memory))
+    return dict(sorted(charged.items()))
 
 
 class _Share(BaseModel):

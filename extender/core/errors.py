@@ -1,6 +1,6 @@
 """Faults the core raises, each carrying a message a person can act on.
 
-"Does not fit" is not an exception (see :mod:`extender.core.placement`, which returns a ``Misfit`` value);
+"Does not fit" is not an exception (see :mod:`extender.core.evaluation`, which returns a ``Misfit`` value);
 these are for input that is wrong: a malformed pod, a corrupt annotation, an impossible ledger operation.
 """
 

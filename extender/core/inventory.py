@@ -1,6 +1,6 @@
 """A node's GPUs, read from its ``fracgpu.io/gpus`` annotation or, failing that, from GFD labels.
 
-The annotation is written by the node agent (DESIGN.md, "Inventory"); its schema is pinned here with pydantic
+The annotation is written by the node agent (docs/design.md, "Inventory"); its schema is pinned here with pydantic
 so that a corrupt annotation is answered with the field that is wrong, and the node is excluded with that
 reason instead of crashing the extender.
 """

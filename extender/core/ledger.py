@@ -1,10 +1,11 @@
 """The ledger: what every GPU offers, what is charged to it, and which pod holds what.
 
-State is kept as numpy arrays with one row per node and one column per GPU position (GPUs sorted by index),
-so that filtering hundreds of nodes is a handful of vector operations. Pods are kept by UID with a reverse
+State is kept as numpy arrays with one row per node and one column per GPU position (GPUs sorted by index,
+:mod:`extender.core.rows`), so that filtering hundreds of nodes is a handful of vector operations; the nodes'
+side (inventories, capacity) is :class:`~extender.core.nodes.NodeTable`. Pods are kept by UID with a reverse
 index per node, so a release touches one row.
 
-Free capacity of a GPU (DESIGN.md, "Headroom"):
+Free capacity of a GPU (docs/design.md, "Headroom"):
 
     free units  = unitsPerGpu - Σ units charged                         (0 offered if unhealthy or MIG)
     free memory = (memoryMiB - reserve) - max(Σ MiB charged, MiB observed in use by the agent)
@@ -20,214 +21,27 @@ from contextlib import contextmanager
 from operator import attrgetter
 from typing import Iterable, Iterator
 
-import numpy as np
-
-from .assignment import Assignment, GpuShare
+from .assignment import Assignment, GpuShare, phase_charges
 from .errors import LedgerConflict
-from .hashing import stable_hash
-from .inventory import NodeInventory
+from .nodes import NO_POOL, UNKNOWN_POOL, Candidates, NodeTable
+from .rows import EMPTY_POOL, UNACCOUNTED, UNLIMITED
 from .settings import CoreSettings
 
-EMPTY_POOL = -1  # gpu_pool: no pod on the GPU
 MIXED_POOL = -2  # gpu_pool: pods of two pools on one GPU (only through adopt); no pool may add to it
-NO_POOL = 0  # pool id of "no pool"
-UNKNOWN_POOL = -3  # a pod's pool that no node or pod has: it fits nowhere
-UNACCOUNTED = -1  # cpu_total / host_mem_total of a node whose host resources the core does not check
-UNLIMITED = np.iinfo(np.int64).max // 4  # cpu_room / host_mem_room of such a node: any request fits
-KIND_SLOTS = 17  # kind_count columns: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
+
+__all__ = ["EMPTY_POOL", "MIXED_POOL", "NO_POOL", "UNACCOUNTED", "UNKNOWN_POOL", "UNLIMITED", "Candidates", "Ledger"]
 
 
-class Ledger:
+class Ledger(NodeTable):
     """Per-GPU capacity and charges for every node, and every pod's assignment."""
 
-    _GPU_ARRAYS = (
-        ("present", np.bool_), ("healthy", np.bool_), ("mig", np.bool_), ("model", np.int32),
-        ("offered_units", np.int64), ("mem_total", np.int64), ("mem_usable", np.int64), ("observed", np.int64),
-        ("used_units", np.int64), ("used_mem", np.int64), ("pods", np.int32), ("gpu_pool", np.int32),
-        ("gpu_shape", np.int64), ("free_units", np.int64), ("free_mem", np.int64),
-    )
-    _ROW_ARRAYS = (("live", np.bool_), ("node_pool", np.int32), ("node_hash", np.uint64), ("gpu_count", np.int32),
-                   ("shape_kinds", np.int32), ("cpu_total", np.int64), ("cpu_used", np.int64),
-                   ("host_mem_total", np.int64), ("host_mem_used", np.int64), ("cpu_room", np.int64),
-                   ("host_mem_room", np.int64), ("free_units_sum", np.int64), ("row_version", np.int64))
-    # cpu_total / host_mem_total = UNACCOUNTED where the inventory does not say (the extender's nodes); there,
-    # cpu_room / host_mem_room (what is free, kept with every change: one comparison filters) are UNLIMITED;
-    # free_units_sum is the node's free units, a GPU's negative free (over-committed, adopted) counted as 0
-
     def __init__(self, settings: CoreSettings, *, rows: int = 64, width: int = 8) -> None:
-        self.settings = settings
-        self.units_per_gpu = settings.units_per_gpu
-        self._width = width
-        self._capacity = 0
-        self._rows: dict[str, int] = {}
-        self._free_rows: list[int] = []
-        self._inventory: list[NodeInventory | None] = []
-        self._by_index: list[dict[int, int]] = []
-        self._by_uuid: list[dict[str, int]] = []
-        self._pool_ids: dict[str | None, int] = {None: NO_POOL}
-        self._pool_names: list[str | None] = [None]
-        self._model_ids: dict[str, int] = {}
-        self._model_names: list[str] = []
         self._assignments: dict[str, Assignment] = {}
         self._charges: dict[str, tuple[GpuShare, ...]] = {}  # per GPU: what is charged
         self._reserved: set[str] = set()
         self._by_node: dict[str, set[str]] = {}
-        self._problems: dict[str, str] = {}
         self._orphans: dict[str, str] = {}
-        self._max_node: tuple[int, int, int] | None = None
-        self._cpu_unaccounted: set[int] = set()  # rows of live nodes whose inventory does not carry host CPU
-        self._share_memory: dict[int, np.ndarray] = {}  # units -> MiB of that share on every GPU (see share_memory)
-        self.generation = 0
-        self.nodes_version = 0  # bumped when a node is added or removed: rows looked up before may be stale
-        self._grow(rows)
-
-    # ---------------------------------------------------------------- nodes
-    def upsert_node(self, inventory: NodeInventory) -> None:
-        """Add or replace a node's GPUs; the pods already charged to it are charged again on the new GPUs."""
-        name = inventory.name
-        self._problems.pop(name, None)
-        if len(inventory.gpus) > self._width:
-            self._widen(len(inventory.gpus))
-        row = self._rows.get(name)
-        if row is None:
-            if not self._free_rows:
-                self._grow(self._capacity * 2)
-            row = self._free_rows.pop()  # free rows are kept cleared
-            self._rows[name] = row
-            self.nodes_version += 1
-        else:
-            self._clear_row(row)
-        self._inventory[row] = inventory
-        self.live[row] = True
-        self.node_pool[row] = self.pool_id(inventory.pool)
-        self.node_hash[row] = np.uint64(stable_hash(name))
-        self.gpu_count[row] = len(inventory.gpus)
-        self.cpu_total[row] = UNACCOUNTED if inventory.cpu_milli is None else inventory.cpu_milli
-        if inventory.cpu_milli is None:
-            self._cpu_unaccounted.add(row)
-        else:
-            self._cpu_unaccounted.discard(row)
-        self.host_mem_total[row] = UNACCOUNTED if inventory.memory_mib is None else inventory.memory_mib
-        gpus = inventory.gpus
-        n = len(gpus)
-        self.present[row, :n] = True
-        self.healthy[row, :n] = [gpu.healthy for gpu in gpus]
-        self.mig[row, :n] = [gpu.mig for gpu in gpus]
-        self.model[row, :n] = [self.model_id(gpu.model) for gpu in gpus]
-        self.mem_total[row, :n] = [gpu.memory_mib for gpu in gpus]
-        self.observed[row, :n] = [gpu.used_memory_mib for gpu in gpus]
-        self.offered_units[row, :n] = [self.units_per_gpu if gpu.offered else 0 for gpu in gpus]
-        self.mem_usable[row, :n] = [gpu.memory_mib - self.settings.reserve_for(gpu.memory_mib) if gpu.offered else 0
-                                    for gpu in gpus]
-        self._share_memory.clear()  # the usable memory changed
-        self._by_index[row] = {gpu.index: pos for pos, gpu in enumerate(inventory.gpus)}
-        self._by_uuid[row] = {gpu.uuid: pos for pos, gpu in enumerate(inventory.gpus) if gpu.uuid}
-        self._max_node = None
-        self._recompute_row(name, row)
-
-    def remove_node(self, name: str) -> None:
-        """Forget a node's GPUs. Its pods keep their assignments (they still exist) until they are released."""
-        row = self._rows.pop(name, None)
-        if row is None:
-            return
-        self.nodes_version += 1
-        self._clear_row(row)
-        self._cpu_unaccounted.discard(row)
-        self._inventory[row] = None
-        self._free_rows.append(row)
-        self._max_node = None
-        self.generation += 1
-
-    def exclude_node(self, name: str, reason: str) -> None:
-        """Take a node out of placement with a reason (a corrupt inventory), without losing its pods."""
-        self.remove_node(name)
-        self._problems[name] = reason
-        self.generation += 1
-
-    def problem(self, name: str) -> str | None:
-        return self._problems.get(name)
-
-    def problems(self) -> dict[str, str]:
-        return dict(self._problems)
-
-    def row_of(self, name: str) -> int | None:
-        return self._rows.get(name)
-
-    def candidates(self, names: list[str]) -> "Candidates":
-        """``names`` with their rows, looked up once (see :class:`Candidates`); KeyError names a node without an
-        inventory."""
-        rows = np.empty(len(names), dtype=np.int64)
-        for i, name in enumerate(names):
-            row = self._rows.get(name)
-            if row is None:
-                raise KeyError(f"node {name} has no GPU inventory")
-            rows[i] = row
-        return Candidates(self, list(names), rows, self.nodes_version)
-
-    def inventory_at(self, row: int) -> NodeInventory:
-        inventory = self._inventory[row]
-        assert inventory is not None, f"row {row} holds no node"
-        return inventory
-
-    def node_names(self) -> list[str]:
-        return sorted(self._rows)
-
-    def max_node_capacity(self) -> tuple[int, int]:
-        """(units, usable MiB) of the largest node: the fixed scale of best-fit and GPU-clustering scores."""
-        return self._max_sizes()[:2]
-
-    def max_node_cpu(self) -> int:
-        """Host CPU (milli-cores) of the largest node that accounts it; 0 where none does."""
-        return self._max_sizes()[2]
-
-    def _max_sizes(self) -> tuple[int, int, int]:
-        if self._max_node is None:
-            live = self.live[: self._capacity]
-            units = self.offered_units[: self._capacity].sum(axis=1)[live]
-            memory = self.mem_usable[: self._capacity].sum(axis=1)[live]
-            cpu = self.cpu_total[: self._capacity][live]
-            self._max_node = (int(units.max(initial=0)), int(memory.max(initial=0)), int(cpu.max(initial=0)))
-        return self._max_node
-
-    def share_memory(self, units: int) -> np.ndarray:
-        """(rows, GPUs): the MiB a share of ``units`` takes on each GPU when the pod states no memory,
-        floor(units * usable / unitsPerGpu). Worked out once per share while no node is added, replaced or
-        removed (the usable memory changes only then)."""
-        memory = self._share_memory.get(units)
-        if memory is None:
-            memory = self._share_memory[units] = (units * self.mem_usable) // self.units_per_gpu
-        return memory
-
-    def accounts_cpu(self) -> bool:
-        """Whether every node's inventory carries its host CPU (the simulator's do; the extender's do not)."""
-        return not self._cpu_unaccounted
-
-    def pool_id(self, pool: str | None) -> int:
-        if pool not in self._pool_ids:
-            self._pool_ids[pool] = len(self._pool_names)
-            self._pool_names.append(pool)
-        return self._pool_ids[pool]
-
-    def pools_named(self) -> bool:
-        """Whether any node or pod has ever named a pool (ids are never dropped): if not, every node and GPU is
-        in "no pool"."""
-        return len(self._pool_names) > 1
-
-    def find_pool_id(self, pool: str | None) -> int:
-        """The pool's id, or UNKNOWN_POOL (held by no node and no GPU) for a pool the ledger has never seen."""
-        return self._pool_ids.get(pool, UNKNOWN_POOL)
-
-    def pool_name(self, pool_id: int) -> str | None:
-        return self._pool_names[pool_id]
-
-    def model_id(self, model: str) -> int:
-        if model not in self._model_ids:
-            self._model_ids[model] = len(self._model_names)
-            self._model_names.append(model)
-        return self._model_ids[model]
-
-    def model_names(self) -> list[str]:
-        return list(self._model_names)
+        super().__init__(settings, rows=rows, width=width)
 
     # ---------------------------------------------------------------- pods
     def reserve(self, assignment: Assignment) -> None:
@@ -244,36 +58,40 @@ class Ledger:
             why = self._problems.get(assignment.node, "no GPU inventory is known for it")
             raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} cannot take pods: {why}")
         pool = self.pool_id(assignment.pool)
-        # .item() reads a Python int: cheaper than a numpy scalar here, and Bind runs this for every pod
-        if self.node_pool.item(row) != pool:
-            raise LedgerConflict(
-                f"pod {assignment.key}: node {assignment.node} is in pool {self.pool_name(self.node_pool.item(row))!r}, "
-                f"the pod in pool {assignment.pool!r}"
-            )
-        # the rooms are unlimited where the node does not account host resources
-        cpu, memory = assignment.cpu_milli, assignment.memory_mib
-        if (cpu and cpu > self.cpu_room.item(row)) or (memory and memory > self.host_mem_room.item(row)):
-            for what, asked, room in (("CPU (milli)", cpu, self.cpu_room), ("memory MiB", memory, self.host_mem_room)):
-                if asked and asked > room.item(row):
-                    raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}: asks {asked} {what}, "
-                                         f"{room.item(row)} free")
+        problem = self._host_problem(row, assignment)
         charges = _charges_of(assignment)
         for charge in charges:
-            pos = self._position(row, charge)
-            problem = None
-            if pos is None:
-                problem = f"no such GPU (uuid {charge.uuid})"
-            elif charge.units > self.free_units.item(row, pos):
-                problem = f"asks {charge.units} units, {self.free_units.item(row, pos)} free"
-            elif charge.memory_mib > self.free_mem.item(row, pos):
-                problem = f"asks {charge.memory_mib} MiB, {self.free_mem.item(row, pos)} MiB free"
-            elif self.gpu_pool.item(row, pos) not in (EMPTY_POOL, pool):
-                problem = "held by pods of another pool"
-            if problem:
-                raise LedgerConflict(f"pod {assignment.key}: node {assignment.node} GPU {charge.index}: {problem}")
+            if problem is not None:
+                break
+            problem = self._gpu_problem(row, pool, charge)
+        if problem is not None:
+            raise LedgerConflict(f"pod {assignment.key}: node {assignment.node}{problem}")
         self._record(assignment, charges)
         self._reserved.add(uid)
         self._apply(row, assignment.node, uid)
+
+    def _host_problem(self, row: int, assignment: Assignment) -> str | None:
+        node_pool = self.node_pool.item(row)
+        if node_pool != self.find_pool_id(assignment.pool):
+            return f" is in pool {self.pool_name(node_pool)!r}, the pod in pool {assignment.pool!r}"
+        # the rooms are unlimited where the node does not account host resources
+        for what, asked, room in (("CPU (milli)", assignment.cpu_milli, self.cpu_room),
+                                  ("memory MiB", assignment.memory_mib, self.host_mem_room)):
+            if asked and asked > room.item(row):
+                return f": asks {asked} {what}, {room.item(row)} free"
+        return None
+
+    def _gpu_problem(self, row: int, pool: int, charge: GpuShare) -> str | None:
+        pos = self._position(row, charge)
+        if pos is None:
+            return f" GPU {charge.index}: no such GPU (uuid {charge.uuid})"
+        if charge.units > self.free_units.item(row, pos):
+            return f" GPU {charge.index}: asks {charge.units} units, {self.free_units.item(row, pos)} free"
+        if charge.memory_mib > self.free_mem.item(row, pos):
+            return f" GPU {charge.index}: asks {charge.memory_mib} MiB, {self.free_mem.item(row, pos)} MiB free"
+        if self.gpu_pool.item(row, pos) not in (EMPTY_POOL, pool):
+            return f" GPU {charge.index}: held by pods of another pool"
+        return None
 
     def commit(self, uid: str) -> None:
         """The reservation became a binding: the pod keeps its GPUs until released."""
@@ -357,6 +175,15 @@ class Ledger:
     def pods_on(self, node: str) -> list[Assignment]:
         return [self._assignments[uid] for uid in sorted(self._by_node.get(node, ()))]
 
+    def charges_at(self, row: int) -> list[list[tuple[int, GpuShare]]]:
+        """Per pod on the node at ``row`` (by UID), its charged shares with their GPU positions (those the node
+        has): what a policy's :class:`~extender.core.rows.RowMemo` counts."""
+        pods = []
+        for uid in sorted(self._by_node.get(self.inventory_at(row).name, ())):
+            placed = [(self._position(row, share), share) for share in self._charges[uid]]
+            pods.append([(pos, share) for pos, share in placed if pos is not None])
+        return pods
+
     def orphans(self) -> dict[str, str]:
         return dict(self._orphans)
 
@@ -405,15 +232,35 @@ class Ledger:
         self._charges[uid] = charges
         self._by_node.setdefault(assignment.node, set()).add(uid)
 
-    def _position(self, row: int, charge: GpuShare) -> int | None:
-        if charge.uuid:
-            return self._by_uuid[row].get(charge.uuid)
-        return self._by_index[row].get(charge.index)
-
     def _apply(self, row: int, node: str, uid: str) -> None:
+        """Charge pod ``uid``'s shares to ``row``, updating each GPU's free capacity as :meth:`_refresh_free`
+        works it out for the whole row (one GPU at a time: a placement touches one or a few)."""
         assignment = self._assignments[uid]
         pool = self.pool_id(assignment.pool)
-        cpu, memory = assignment.cpu_milli, assignment.memory_mib
+        self._apply_host(row, assignment.cpu_milli, assignment.memory_mib)
+        for charge in self._charges[uid]:
+            pos = self._position(row, charge)
+            if pos is None:
+                self._orphans[uid] = f"pod {assignment.key}: node {node} has no GPU {charge.index} (uuid {charge.uuid})"
+                continue
+            # .item() reads a Python int: Bind and the simulator run this for every pod
+            used_units = self.used_units.item(row, pos) + charge.units
+            used_mem = self.used_mem.item(row, pos) + charge.memory_mib
+            self.used_units[row, pos] = used_units
+            self.used_mem[row, pos] = used_mem
+            pods = self.pods.item(row, pos)
+            if pods == 0:
+                self.gpu_pool[row, pos] = pool
+            elif self.gpu_pool.item(row, pos) != pool:
+                self.gpu_pool[row, pos] = MIXED_POOL
+            self.pods[row, pos] = pods + 1
+            free_units = self.offered_units.item(row, pos) - used_units
+            self.free_units_sum[row] += max(free_units, 0) - max(self.free_units.item(row, pos), 0)
+            self.free_units[row, pos] = free_units
+            self.free_mem[row, pos] = self.mem_usable.item(row, pos) - max(used_mem, self.observed.item(row, pos))
+        self._changed(row)
+
+    def _apply_host(self, row: int, cpu: int, memory: int) -> None:
         if cpu:
             self.cpu_used[row] += cpu
             if self.cpu_total.item(row) != UNACCOUNTED:
@@ -422,71 +269,18 @@ class Ledger:
             self.host_mem_used[row] += memory
             if self.host_mem_total.item(row) != UNACCOUNTED:
                 self.host_mem_room[row] -= memory
-        shapes = self.shape_count[row]
-        charges = self._charges[uid]
-        for charge in charges:
-            pos = self._position(row, charge)
-            if pos is None:
-                self._orphans[uid] = (
-                    f"pod {self._assignments[uid].key}: node {node} has no GPU {charge.index} (uuid {charge.uuid})"
-                )
-                continue
-            units = charge.units
-            used_units = self.used_units.item(row, pos) + units
-            used_mem = self.used_mem.item(row, pos) + charge.memory_mib
-            self.used_units[row, pos] = used_units
-            self.used_mem[row, pos] = used_mem
-            pods = self.pods.item(row, pos)
-            if pods == 0:
-                self.gpu_pool[row, pos] = pool
-                self.gpu_shape[row, pos] = units
-            else:
-                if self.gpu_pool.item(row, pos) != pool:
-                    self.gpu_pool[row, pos] = MIXED_POOL
-                if self.gpu_shape.item(row, pos) != units:
-                    self.gpu_shape[row, pos] = -1
-            self.pods[row, pos] = pods + 1
-            # free capacity of this GPU, as _refresh_free works it out for the whole row
-            free_units = self.offered_units.item(row, pos) - used_units
-            self.free_units_sum[row] += max(free_units, 0) - max(self.free_units.item(row, pos), 0)
-            self.free_units[row, pos] = free_units
-            self.free_mem[row, pos] = self.mem_usable.item(row, pos) - max(used_mem, self.observed.item(row, pos))
-            shape = units if units < self.units_per_gpu else self.units_per_gpu
-            same = shapes.item(shape)
-            if same == 0:
-                self.shape_kinds[row] += 1  # distinct shares on the node (shape_count is cleared with it)
-            shapes[shape] = same + 1
-        kind = pod_kind(charges, self.units_per_gpu)
-        if kind is not None:
-            self.kind_count[row, kind] += 1
-        self._changed(row)
 
     def _recompute_row(self, name: str, row: int) -> None:
-        for array in (self.used_units, self.used_mem, self.pods, self.gpu_shape):
+        """Charge the row's pods again, from nothing, then work its free capacity out."""
+        for array in (self.used_units, self.used_mem, self.pods):
             array[row] = 0
         self.gpu_pool[row] = EMPTY_POOL
-        self.shape_count[row] = 0
-        self.kind_count[row] = 0
-        self.shape_kinds[row] = 0
         self.cpu_used[row] = 0
         self.host_mem_used[row] = 0
         for uid in sorted(self._by_node.get(name, ())):
             self._orphans.pop(uid, None)
             self._apply(row, name, uid)
         self._refresh_free(row)
-
-    def _refresh_free(self, row: int) -> None:
-        self.free_units[row] = self.offered_units[row] - self.used_units[row]
-        self.free_mem[row] = self.mem_usable[row] - np.maximum(self.used_mem[row], self.observed[row])
-        self.free_units_sum[row] = np.add.reduce(np.maximum(self.free_units[row], 0))
-        cpu, memory = int(self.cpu_total[row]), int(self.host_mem_total[row])
-        self.cpu_room[row] = UNLIMITED if cpu == UNACCOUNTED else cpu - int(self.cpu_used[row])
-        self.host_mem_room[row] = UNLIMITED if memory == UNACCOUNTED else memory - int(self.host_mem_used[row])
-        self._changed(row)
-
-    def _changed(self, row: int) -> None:
-        self.generation += 1
-        self.row_version[row] = self.generation  # monotonic: a policy's per-row cache is valid while it matches
 
     def _overcommit(self, row: int, assignment: Assignment) -> str | None:
         bad = [
@@ -499,110 +293,13 @@ class Ledger:
             return None
         return f"pod {assignment.key}: node {assignment.node} is over-committed on {', '.join(bad)} (adopted as found)"
 
-    def _clear_row(self, row: int | slice) -> None:
-        """Empty one row, or a slice of rows (``_by_index`` and ``_by_uuid`` only for one row)."""
-        self._share_memory.clear()
-        for name, _ in self._GPU_ARRAYS:
-            getattr(self, name)[row] = 0
-        self.model[row] = -1
-        self.gpu_pool[row] = EMPTY_POOL
-        for name, _ in self._ROW_ARRAYS:
-            getattr(self, name)[row] = 0
-        self.cpu_total[row] = UNACCOUNTED
-        self.host_mem_total[row] = UNACCOUNTED
-        self.cpu_room[row] = UNLIMITED
-        self.host_mem_room[row] = UNLIMITED
-        self.shape_count[row] = 0
-        self.kind_count[row] = 0
-        if not isinstance(row, slice):
-            self._by_index[row] = {}
-            self._by_uuid[row] = {}
-
-    def _grow(self, rows: int) -> None:
-        old = self._capacity
-        for name, dtype in self._GPU_ARRAYS:
-            array = np.zeros((rows, self._width), dtype=dtype)
-            if old:
-                array[:old] = getattr(self, name)
-            setattr(self, name, array)
-        for name, dtype in self._ROW_ARRAYS:
-            array = np.zeros(rows, dtype=dtype)
-            if old:
-                array[:old] = getattr(self, name)
-            setattr(self, name, array)
-        shape_count = np.zeros((rows, self.units_per_gpu + 1), dtype=np.int32)
-        if old:
-            shape_count[:old] = self.shape_count
-        self.shape_count = shape_count
-        kind_count = np.zeros((rows, KIND_SLOTS), dtype=np.int32)
-        if old:
-            kind_count[:old] = self.kind_count
-        self.kind_count = kind_count
-        self._inventory.extend([None] * (rows - old))
-        self._by_index.extend({} for _ in range(rows - old))
-        self._by_uuid.extend({} for _ in range(rows - old))
-        self._clear_row(slice(old, rows))
-        self._free_rows.extend(range(rows - 1, old - 1, -1))
-        self._capacity = rows
-
-    def _widen(self, width: int) -> None:
-        for name, dtype in self._GPU_ARRAYS:
-            array = np.zeros((self._capacity, width), dtype=dtype)
-            array[:, : self._width] = getattr(self, name)
-            if name == "model":
-                array[:, self._width:] = -1
-            if name == "gpu_pool":
-                array[:, self._width:] = EMPTY_POOL
-            setattr(self, name, array)
-        self._width = width
-        self._share_memory.clear()
-
-
-class Candidates:
-    """Node names with their ledger rows, looked up once, for a caller that evaluates subsets of the same nodes
-    again and again (the simulator): ``evaluate`` takes one in place of a list of names and skips looking the
-    names up. Valid for its ledger while no node is added or removed; after that, ``evaluate`` looks the names up
-    again."""
-
-    def __init__(self, ledger: Ledger, names: list[str], rows: np.ndarray, nodes_version: int) -> None:
-        self.ledger = ledger
-        self.names = names
-        self.rows = rows
-        self.nodes_version = nodes_version
-        self._array: np.ndarray | None = None  # the names as an array, to pick subsets from
-
-    def rows_for(self, ledger: Ledger) -> np.ndarray | None:
-        """The rows, if they still hold in ``ledger``; None if it is another ledger or its nodes changed since."""
-        return self.rows if ledger is self.ledger and ledger.nodes_version == self.nodes_version else None
-
-    def subset(self, positions: np.ndarray) -> "Candidates":
-        """The candidates at ``positions`` (integer indices), in that order."""
-        if self._array is None:
-            self._array = np.array(self.names, dtype=object)
-        return Candidates(self.ledger, self._array[positions].tolist(), self.rows[positions], self.nodes_version)
-
-
-def pod_kind(charges: Iterable[GpuShare], units_per_gpu: int) -> int | None:
-    """A GPU pod's kind for GPU clustering: 0 = shares a GPU, n = n whole GPUs (the last slot takes more); None
-    for a pod without GPUs."""
-    charges = charges if isinstance(charges, tuple) else tuple(charges)
-    if not charges:
-        return None
-    for charge in charges:
-        if charge.units < units_per_gpu:
-            return 0
-    return min(len(charges), KIND_SLOTS - 1)
-
-
 def _charges_of(assignment: Assignment) -> tuple[GpuShare, ...]:
-    """What the pod is charged per GPU (a share each, by index): :meth:`Assignment.charges`."""
-    if not assignment.containers:  # a pod that holds host resources only
-        return ()
-    if len(assignment.containers) == 1:  # one phase: Assignment.charges() is the container's shares, as they are
+    """What the pod is charged per GPU (a share each, by index): :func:`phase_charges`."""
+    if len(assignment.containers) == 1:
+        # one container is one phase: phase_charges() gives its shares as they are, by index, without the search
+        # for the largest phase (cheaper; Bind and the simulator run this for every pod)
         shares = assignment.containers[0].gpus
         return shares if len(shares) == 1 else tuple(sorted(shares, key=attrgetter("index")))
     uuids = {s.index: s.uuid for c in assignment.containers for s in c.gpus}
-    return tuple(
-        GpuShare(index=index, uuid=uuids[index], units=units, memory_mib=memory)
-        for index, (units, memory) in assignment.charges().items()
-    )
+    return tuple(GpuShare(index=index, uuid=uuids[index], units=units, memory_mib=memory)
+                 for index, (units, memory) in phase_charges(assignment.containers).items())

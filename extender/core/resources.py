@@ -1,6 +1,6 @@
 """Read a pod (the Kubernetes JSON shape, as a plain dict) into the GPU request fracgpu places.
 
-Rules (DESIGN.md, "Resource model"):
+Rules (docs/design.md, "Resource model"):
 
 * ``vgpu`` (units, total for the container). ``<= unitsPerGpu`` is a share of one GPU; larger must be a
   multiple of ``unitsPerGpu`` and means that many whole GPUs.
@@ -85,9 +85,6 @@ class PodRequest:
     def single(self) -> ContainerNeed | None:
         """The one GPU container when there is exactly one: the fast, vectorised placement path."""
         return self.containers[0] if len(self.containers) == 1 else None
-
-    def total_units(self) -> int:
-        return sum(c.units * c.count for c in self.containers)
 
 
 def phases_of(kinds: tuple[ContainerKind, ...]) -> tuple[tuple[int, ...], ...]:

@@ -1,4 +1,4 @@
-"""A hypothesis state machine that drives the core like the extender does and checks DESIGN.md's invariants.
+"""A hypothesis state machine that drives the core like the extender does and checks docs/design.md's invariants.
 
 Rules add and change nodes, filter-and-bind random pods, bind again, adopt again, and release. After every
 step the invariants are checked against :class:`ReferenceCluster`, a brute-force model:
@@ -19,9 +19,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ..core import CoreSettings, Ledger, LedgerConflict, evaluate, make_policy, parse_pod, place
 from ..core.assignment import to_annotation
-from ..core.cluster import build_ledger
+from ..core.loading import build_ledger
 from ..core.inventory import parse_node
-from ..core.placement import Placement
+from ..core.evaluation import Placement
 from ..core.policies import POLICIES
 from ..core.settings import ASSIGNMENT_ANNOTATION
 from .factories import container, gpu_node, gpu_pod
@@ -58,6 +58,7 @@ def pod_specs(draw):
 
 
 SETTINGS = CoreSettings(units_per_gpu=UNITS, reserve_mib=256, reserve_percent=2.0)
+WORKLOAD = [(0, 1, 3, None, 0.5), (0, 1, UNITS, None, 0.3), (0, 2, UNITS, None, 0.2)]  # FGD's target workload
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -76,7 +77,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(policy=st.sampled_from(sorted(POLICIES)), gpus=st.integers(1, 4))
     def start(self, policy: str, gpus: int) -> None:
-        self.policy = make_policy(policy, seed=7) if policy == "random" else make_policy(policy)
+        self.policy = make_policy(policy, seed=7, workload=WORKLOAD)
         note(f"policy {self.policy.describe()}")
         self.set_node(name="n0", gpus=gpus, memory=16_000, model="A100", pool=None, unhealthy=set(), observed=0,
                       links=gpus > 2)

@@ -1,18 +1,20 @@
 """The placement policies, one module each, and the one explicit registry that names them.
 
-A policy that needs data beyond the ledger (FGD's target workload) takes it as a constructor parameter;
-:func:`make_policy` passes ``params`` through and says which ones a policy does not accept.
+:func:`make_policy` builds one by name. Besides its own parameters, a policy gets what its constructor names of
+what the caller knows: ``seed`` (the random policy's) and ``workload`` (FGD's target workload: the trace's in
+the simulator, the pods seen last in the extender). A policy whose constructor names neither ignores both.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from .base import MAX_SCORE, Need, Policy, Take, View
+from ..workload import Workload
+from .base import MAX_SCORE, GpuTake, Need, NoTake, OneGpuTake, Policy, Take, View
 from .best_fit import BestFit
 from .binpack import Binpack
 from .dot_product import DotProduct
-from .fgd import Fgd, RecentShapes, target_workload
+from .fgd import Fgd
 from .first_fit import FirstFit
 from .gpu_clustering import GpuClustering
 from .gpu_packing import GpuPacking
@@ -21,29 +23,26 @@ from .spread import Spread
 
 POLICIES: dict[str, type[Policy]] = {
     policy.name: policy
-    for policy in (FirstFit, BestFit, Binpack, Spread, Random, DotProduct, GpuPacking, GpuClustering)
+    for policy in (FirstFit, BestFit, Binpack, Spread, Random, DotProduct, GpuPacking, GpuClustering, Fgd)
 }
-
 DEFAULT_POLICY = "binpack"
-# Policies that need a target workload to be built: the simulator passes the trace's, the extender the shapes of
-# the pods it saw last (RecentShapes).
-WORKLOAD_POLICIES: dict[str, type[Policy]] = {Fgd.name: Fgd}
+_CONTEXT = ("seed", "workload")  # what make_policy passes to a policy whose constructor names it
 
 
-def make_policy(name: str, **params: object) -> Policy:
+def make_policy(name: str, *, seed: int = 0, workload: Workload | list | None = None, **params: object) -> Policy:
     """Build a registered policy by name. Unknown names and parameters raise ``ValueError`` saying what exists."""
-    cls = POLICIES.get(name) or WORKLOAD_POLICIES.get(name)
+    cls = POLICIES.get(name)
     if cls is None:
-        known = ", ".join(sorted({*POLICIES, *WORKLOAD_POLICIES}))
-        raise ValueError(f"unknown policy {name!r}; known policies: {known}")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - accepted)
+        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}")
+    accepted = {name for name, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY
+                or p.kind is p.POSITIONAL_OR_KEYWORD}
+    unknown = sorted(set(params) - (accepted - set(_CONTEXT)))
     if unknown:
-        raise ValueError(
-            f"policy {name!r} takes no parameter(s) {', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or 'none'}"
-        )
-    return cls(**params)
+        takes = ", ".join(sorted(accepted - set(_CONTEXT))) or "none"
+        raise ValueError(f"policy {name!r} takes no parameter(s) {', '.join(unknown)}; it takes: {takes}")
+    context = {"seed": seed, "workload": workload}
+    return cls(**{key: context[key] for key in _CONTEXT if key in accepted}, **params)
 
 
-__all__ = ["MAX_SCORE", "POLICIES", "WORKLOAD_POLICIES", "DEFAULT_POLICY", "Need", "Policy", "RecentShapes", "Take", "View",
-           "make_policy", "target_workload"]
+__all__ = ["DEFAULT_POLICY", "MAX_SCORE", "POLICIES", "GpuTake", "Need", "NoTake", "OneGpuTake", "Policy",
+           "Take", "View", "make_policy"]

@@ -5,8 +5,7 @@ A policy answers two questions with arrays, for many candidate nodes at once:
 * ``gpu_preference(view, need, memory)`` -> (nodes, GPUs) floats: which GPUs to take first on each node
   (higher first; ties go to the lower GPU index). GPUs that cannot take the request are masked by the caller.
 * ``node_score(view, need, take)`` -> (nodes,) floats: how good each node is on a 0..10 scale, given what the
-  pod would be charged there (:class:`Take`: per GPU, or per node, each worked out when first read; most
-  policies need the per-node sums alone). The caller holds scores to [0, 10], so a policy need not clip them.
+  pod would be charged there (a :class:`Take`). The caller holds scores to [0, 10], so a policy need not clip.
 
 Node score and GPU choice come from the same policy object, so the extender and the simulator place alike.
 """
@@ -15,8 +14,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, ClassVar, Mapping, TypeVar
 
 import numpy as np
 
@@ -31,43 +30,43 @@ MAX_SCORE = 10.0
 
 
 class View:
-    """Per-GPU arrays of the candidate nodes (rows of the ledger), each gathered on first use.
+    """The candidate nodes' rows of the ledger (``rows``), copied out when the view is made: a policy scores
+    this one state of the ledger, and an evaluation answers later from it.
 
-    ``free_units``, ``free_mem``, ``offered_units``, ``mem_usable``, ``used_units``, ``used_mem``, ``pods``,
-    ``gpu_shape`` (nodes, GPUs); ``cpu_total`` (nodes: host CPU in milli-cores, -1 where the core does not
-    account it, the extender's nodes), ``cpu_free`` (nodes), ``cpu_room`` (nodes: ``cpu_free``, or
-    ``ledger.UNLIMITED`` where CPU is not accounted), ``free_units_sum`` (nodes: free units, a GPU's negative
-    free counted as 0) and ``positions`` (nodes, GPUs: the GPU's column). ``gather`` names arrays the caller
-    knows it will read: gathered at once, which costs less than one by one.
+    Per GPU (nodes, GPUs): ``free_units``, ``free_mem``, ``offered_units``, ``mem_usable``, ``used_units``,
+    ``used_mem``, ``pods``, ``positions`` (the GPU's column). Per node: ``cpu_total`` (host CPU in milli-cores,
+    -1 where the core does not account it: the extender's nodes), ``cpu_free``, ``cpu_room`` (``cpu_free``, or
+    ``ledger.UNLIMITED`` where CPU is not accounted) and ``free_units_sum`` (free units, a GPU's negative free
+    counted as 0).
     """
 
-    _GATHERED = frozenset({"free_units", "free_mem", "offered_units", "mem_usable", "used_units", "used_mem", "pods",
-                           "gpu_shape", "cpu_total", "cpu_room", "free_units_sum"})
+    def __init__(self, ledger: "Ledger", rows: np.ndarray) -> None:
+        def rows_of(array: np.ndarray) -> np.ndarray:
+            return array.take(rows, axis=0)
 
-    def __init__(self, ledger: "Ledger", rows: np.ndarray, gather: tuple[str, ...] = ()) -> None:
         self.ledger = ledger
         self.rows = rows
         self.units_per_gpu = ledger.units_per_gpu
-        # a policy's scratch space for this one evaluation (the ledger does not change while a view is in use)
+        self.free_units = rows_of(ledger.free_units)
+        self.free_mem = rows_of(ledger.free_mem)
+        self.offered_units = rows_of(ledger.offered_units)
+        self.mem_usable = rows_of(ledger.mem_usable)
+        self.used_units = rows_of(ledger.used_units)
+        self.used_mem = rows_of(ledger.used_mem)
+        self.pods = rows_of(ledger.pods)
+        self.cpu_total = rows_of(ledger.cpu_total)
+        self.cpu_free = self.cpu_total - rows_of(ledger.cpu_used)
+        self.cpu_room = rows_of(ledger.cpu_room)
+        self.free_units_sum = rows_of(ledger.free_units_sum)
+        # a policy's scratch space for this one evaluation
         self.memo: dict = {}
-        for name in gather:
-            self.__dict__[name] = getattr(ledger, name).take(rows, axis=0)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        # called only while the attribute is not yet set: gather it once (cheaper than cached_property's lock)
-        if name in View._GATHERED:
-            value = getattr(self.ledger, name).take(self.rows, axis=0)
-        elif name == "cpu_free":
-            value = self.cpu_total - self.ledger.cpu_used.take(self.rows)
-        elif name == "positions":
-            value = np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
-        else:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        self.__dict__[name] = value
-        return value
+    @property
+    def positions(self) -> np.ndarray:
+        return np.broadcast_to(np.arange(self.free_units.shape[1]), self.free_units.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,65 +97,100 @@ class Need:
         return view.ledger.share_memory(self.container.units).take(view.rows, axis=0)
 
 
-class Take:
-    """What the pod would be charged on each candidate node, given the GPUs it would get there: per GPU ``units``
-    and ``mem`` (nodes, GPUs) and ``charged`` (``units > 0``), per node ``units_sum`` and ``mem_sum`` (nodes).
-    What is not given is worked out when first read. A node that does not fit may carry any take: its score is
-    dropped.
-    """
+class Take(ABC):
+    """What the pod would be charged on each candidate node, given the GPUs it would get there: per GPU
+    ``units`` and ``mem`` (nodes, GPUs) and ``charged`` (``units > 0``); per node ``units_sum`` and ``mem_sum``.
+    Each is worked out when first read, so a policy that weighs node totals never pays for per-GPU arrays.
+    A node that does not fit may carry any take: its score is dropped."""
+
+    @property
+    @abstractmethod
+    def units(self) -> np.ndarray: ...
+
+    @property
+    @abstractmethod
+    def mem(self) -> np.ndarray: ...
+
+    @cached_property
+    def charged(self) -> np.ndarray:
+        return self.units > 0
+
+    @cached_property
+    def units_sum(self) -> np.ndarray:
+        return self.units.sum(axis=1)
+
+    @cached_property
+    def mem_sum(self) -> np.ndarray:
+        return self.mem.sum(axis=1)
+
+
+class GpuTake(Take):
+    """A take given per GPU (several GPUs per node, or the multi-container search's)."""
 
     def __init__(self, units: np.ndarray, mem: np.ndarray) -> None:
-        self.units = units
-        self.mem = mem
+        self._units = units
+        self._mem = mem
 
-    @classmethod
-    def one_each(cls, positions: np.ndarray, units: int, memory: np.ndarray) -> "Take":
-        """One GPU per node, column ``positions[i]`` of node i, charged ``units`` and ``memory[i, positions[i]]``."""
-        take = cls.__new__(cls)
-        take._one = (positions, units, memory)
-        return take
+    @property
+    def units(self) -> np.ndarray:
+        return self._units
 
-    @classmethod
-    def nothing(cls, nodes: int, width: int) -> "Take":
-        """No GPU on any node (a pod that asks for host resources only)."""
-        take = cls.__new__(cls)
-        take._shape = (nodes, width)
-        take.units_sum = take.mem_sum = np.zeros(nodes, dtype=np.int64)
-        return take
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        # called only while the attribute is not yet set: work it out once
-        given = self.__dict__
-        if name == "charged":
-            value = self.units > 0
-        elif "_one" in given:
-            positions, units, memory = given["_one"]
-            if name == "units":
-                value = _one_hot(memory.shape[1]).take(positions, axis=0) * units
-            elif name == "mem":
-                value = np.where(_one_hot(memory.shape[1]).take(positions, axis=0), memory, 0)
-            elif name == "units_sum":
-                value = _filled(len(positions), units)
-            elif name == "mem_sum":
-                value = memory[np.arange(len(positions)), positions]
-            else:
-                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        elif "_shape" in given and name in ("units", "mem"):
-            value = np.zeros(given["_shape"], dtype=np.int64)
-        elif name == "units_sum":
-            value = np.add.reduce(self.units, axis=1)
-        elif name == "mem_sum":
-            value = np.add.reduce(self.mem, axis=1)
-        else:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        given[name] = value
-        return value
+    @property
+    def mem(self) -> np.ndarray:
+        return self._mem
 
 
-def _filled(n: int, value: int) -> np.ndarray:
-    out = np.empty(n, dtype=np.int64)  # np.full's Python wrapper costs more on small arrays
-    out.fill(value)
-    return out
+class OneGpuTake(Take):
+    """One GPU per node: column ``positions[i]`` of node i, charged ``units`` and ``memory[i, positions[i]]``
+    (nearly every pod). Its per-node sums need no per-GPU array."""
+
+    def __init__(self, positions: np.ndarray, units: int, memory: np.ndarray) -> None:
+        self.positions = positions
+        self.share_units = units
+        self.memory = memory
+
+    @cached_property
+    def _one_hot(self) -> np.ndarray:
+        return _one_hot(self.memory.shape[1]).take(self.positions, axis=0)
+
+    @cached_property
+    def units(self) -> np.ndarray:
+        return self._one_hot * self.share_units
+
+    @cached_property
+    def mem(self) -> np.ndarray:
+        return np.where(self._one_hot, self.memory, 0)
+
+    @cached_property
+    def units_sum(self) -> np.ndarray:
+        return np.full(len(self.positions), self.share_units, dtype=np.int64)
+
+    @cached_property
+    def mem_sum(self) -> np.ndarray:
+        return self.memory[np.arange(len(self.positions)), self.positions]
+
+
+class NoTake(Take):
+    """No GPU on any node (a pod that asks for host resources only)."""
+
+    def __init__(self, nodes: int, width: int) -> None:
+        self.shape = (nodes, width)
+
+    @cached_property
+    def units(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=np.int64)
+
+    @cached_property
+    def mem(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=np.int64)
+
+    @cached_property
+    def units_sum(self) -> np.ndarray:
+        return np.zeros(self.shape[0], dtype=np.int64)
+
+    @cached_property
+    def mem_sum(self) -> np.ndarray:
+        return np.zeros(self.shape[0], dtype=np.int64)
 
 
 @lru_cache(maxsize=None)
@@ -168,7 +202,11 @@ def _one_hot(width: int) -> np.ndarray:
 
 
 class Policy(ABC):
-    """A placement policy: one scoring rule used for both the node score and the GPU choice."""
+    """A placement policy: one scoring rule used for both the node score and the GPU choice.
+
+    A policy's constructor takes its parameters as keywords; :func:`~extender.core.policies.make_policy` also
+    passes ``seed`` and ``workload`` to a policy whose constructor names them.
+    """
 
     name: ClassVar[str]
     # True when a node's score and GPU choice depend only on that node's ledger row, cluster-wide constants and
@@ -177,9 +215,6 @@ class Policy(ABC):
     # True when the published simulator scores this policy in integer steps of its 0..100 scale (0.1 here) and
     # its ties decide: the simulator then compares scores in those steps.
     integer_scores: ClassVar[bool] = True
-    # View arrays the policy reads at every scoring: gathered with the evaluation's own, at once (cheaper than
-    # one by one when first read; a name the evaluation gathers anyway need not be listed)
-    reads: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray: ...
@@ -189,6 +224,17 @@ class Policy(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+T = TypeVar("T")
+
+
+def named(strategies: Mapping[str, T], choice: str, *, policy: str, parameter: str) -> T:
+    """The strategy ``choice`` names in ``strategies``; ValueError listing the names otherwise."""
+    try:
+        return strategies[choice]
+    except (KeyError, TypeError):
+        raise ValueError(f"{policy}: {parameter} must be one of {', '.join(strategies)}, not {choice!r}") from None
 
 
 def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -216,11 +262,11 @@ def allocated_fraction(view: View, take: Take) -> np.ndarray:
     """Per node, the mean over {units, memory} of (charged + requested) / capacity, in [0, 1]."""
     units = ratio(view.used_units.sum(axis=1) + take.units_sum, view.offered_units.sum(axis=1))
     memory = ratio(view.used_mem.sum(axis=1) + take.mem_sum, view.mem_usable.sum(axis=1))
-    return np.minimum(np.maximum((units + memory) / 2.0, 0.0), 1.0)
+    return np.clip((units + memory) / 2.0, 0.0, 1.0)
 
 
 def gpu_allocated_fraction(view: View) -> np.ndarray:
     """Per GPU, the mean over {units, memory} of charged / capacity, in [0, 1]."""
     units = ratio(view.used_units, view.offered_units)
     memory = ratio(view.used_mem, view.mem_usable)
-    return np.minimum(np.maximum((units + memory) / 2.0, 0.0), 1.0)
+    return np.clip((units + memory) / 2.0, 0.0, 1.0)

@@ -23,39 +23,47 @@ GPU preference, both: -(units left after placing), memory left as a fraction bel
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, Take, View, cpu_left, ratio
-
-DIMS = ("units+memory", "cpu+units")
+from .base import MAX_SCORE, Need, Policy, Take, View, cpu_left, named, ratio
 
 
-def check_dims(policy: str, dims: str) -> str:
-    if dims not in DIMS:
-        raise ValueError(f"{policy}: dims must be one of {', '.join(DIMS)}, not {dims!r}")
-    return dims
+def _gpu_memory_left(view: View, need: Need, take: Take) -> np.ndarray:
+    """GPU memory left on the node after the pod, scaled by the largest node's."""
+    _, max_mem = view.ledger.max_node_capacity()
+    return ratio(np.maximum(view.free_mem, 0).sum(axis=1) - take.mem_sum, max_mem)
+
+
+def _host_cpu_left(view: View, need: Need, take: Take) -> np.ndarray:
+    """Host CPU left on the node after the pod, scaled by the largest node's (0 where CPU is not accounted)."""
+    return ratio(cpu_left(view, need), view.ledger.max_node_cpu())
+
+
+# the leftover weighed beside GPU units, by ``dims``
+SECOND_LEFTOVER: dict[str, Callable[[View, Need, Take], np.ndarray]] = {
+    "units+memory": _gpu_memory_left,
+    "cpu+units": _host_cpu_left,
+}
 
 
 class BestFit(Policy):
     name = "best-fit"
-    reads = ("free_units_sum",)
 
     def __init__(self, dims: str = "units+memory") -> None:
-        self.dims = check_dims(self.name, dims)
+        self.dims = dims
+        self._second_leftover = named(SECOND_LEFTOVER, dims, policy=self.name, parameter="dims")
 
     def describe(self) -> str:
-        return self.name if self.dims == DIMS[0] else f"{self.name}(dims={self.dims})"
+        return self.name if self.dims == "units+memory" else f"{self.name}(dims={self.dims})"
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         memory_left = (view.free_mem - memory) / (view.mem_usable + 1)  # in [0, 1): a tie-break only
         return (need.units - view.free_units) - memory_left  # -(units left + memory left), bit for bit
 
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
-        max_units, max_mem = view.ledger.max_node_capacity()
-        units_left = view.free_units_sum - take.units_sum
-        if self.dims == "cpu+units":
-            other = ratio(cpu_left(view, need), view.ledger.max_node_cpu())
-        else:
-            other = ratio(np.maximum(view.free_mem, 0).sum(axis=1) - take.mem_sum, max_mem)
-        leftover = 0.5 * ratio(units_left, max_units) + 0.5 * other
+        max_units, _ = view.ledger.max_node_capacity()
+        units_left = ratio(view.free_units_sum - take.units_sum, max_units)
+        leftover = 0.5 * units_left + 0.5 * self._second_leftover(view, need, take)
         return MAX_SCORE * (1.0 - leftover)  # held to [0, 10] by the caller

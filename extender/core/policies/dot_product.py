@@ -1,16 +1,17 @@
 """dot-product (Tetris-style alignment, as the FGD paper's simulator defines it): the larger the dot product of
-the node's free vector and the pod's request, the lower the score. ``dims`` says which vectors:
+the node's free vector and the pod's request, the lower the score. ``dims`` names which vectors:
 
-* ``"units+memory"`` (default, the extender's): per GPU, over {units, memory}, each normalised by that GPU's
-  capacity; the node scores by the GPUs the pod would take, and the GPU whose free space the request would use
-  least "in the same direction" is taken first::
+* ``"units+memory"`` (default, the extender's, :class:`PerGpu`): per GPU, over {units, memory}, each normalised
+  by that GPU's capacity; the node scores by the GPUs the pod would take, and the GPU whose free space the
+  request would use least "in the same direction" is taken first::
 
     gpu score  = 1 - (free_u/U * req_u/U + free_m/M * req_m/M) / 2
     e.g. U=100, M=16000: free 60 units / 8000 MiB, ask 40 / 4000: 1 - (0.6*0.4 + 0.5*0.25)/2 = 0.8175
     node score = 10 * mean of the gpu scores of the GPUs the pod would take
 
-* ``"cpu+units"``: the paper's simulator (``merge`` GPU dimension, ``max`` normalisation): one vector per node,
-  {host CPU, all free GPU units}, normalised by the largest node; GPUs are taken tightest fit first::
+* ``"cpu+units"`` (:class:`NodeVector`): the paper's simulator (``merge`` GPU dimension, ``max``
+  normalisation): one vector per node, {host CPU, all free GPU units}, normalised by the largest node; GPUs are
+  taken tightest fit first::
 
     node score = 10 * (1 - (free CPU/C * req CPU/C + free units/G * req units/G) / 2)
     e.g. C=128000, G=8000: free 64000 CPU / 4000 units, ask 16000 / 1000:
@@ -21,21 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MAX_SCORE, Need, Policy, Take, View, ratio
-from .best_fit import DIMS, check_dims
+from .base import MAX_SCORE, Need, Policy, Take, View, named, ratio
 
 
-class DotProduct(Policy):
-    name = "dot-product"
-    reads = ("free_units_sum",)
+class PerGpu:
+    """``units+memory``: per-GPU vectors of units and memory."""
 
-    def __init__(self, dims: str = "units+memory") -> None:
-        self.dims = check_dims(self.name, dims)
-
-    def describe(self) -> str:
-        return self.name if self.dims == DIMS[0] else f"{self.name}(dims={self.dims})"
-
-    def _gpu_scores(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def gpu_scores(view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         units = view.units_per_gpu
         free_u = ratio(np.maximum(view.free_units, 0), units)
         free_m = ratio(np.maximum(view.free_mem, 0), view.mem_usable)
@@ -43,19 +37,44 @@ class DotProduct(Policy):
         return 1.0 - dot / 2.0
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
-        if self.dims == "cpu+units":
-            return -view.free_units.astype(np.float64)
-        return self._gpu_scores(view, need, memory)
+        return self.gpu_scores(view, need, memory)
 
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
-        if self.dims == "cpu+units":
-            max_units, _ = view.ledger.max_node_capacity()
-            max_cpu = view.ledger.max_node_cpu()
-            free_cpu = np.where(view.cpu_total >= 0, view.cpu_free, 0)
-            free_units = view.free_units_sum
-            dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
-                   + ratio(free_units, max_units) * ratio(take.units_sum, max_units))
-            return MAX_SCORE * (1.0 - dot / 2.0)  # held to [0, 10] by the caller
         taken = take.charged
-        scores = self._gpu_scores(view, need, take.mem)
+        scores = self.gpu_scores(view, need, take.mem)
         return MAX_SCORE * ratio((scores * taken).sum(axis=1), taken.sum(axis=1))  # held to [0, 10] by the caller
+
+
+class NodeVector:
+    """``cpu+units``: one vector per node of host CPU and all free GPU units."""
+
+    def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+        return -view.free_units.astype(np.float64)
+
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
+        max_units, _ = view.ledger.max_node_capacity()
+        max_cpu = view.ledger.max_node_cpu()
+        free_cpu = np.where(view.cpu_total >= 0, view.cpu_free, 0)
+        dot = (ratio(free_cpu, max_cpu) * ratio(need.cpu_milli, max_cpu)
+               + ratio(view.free_units_sum, max_units) * ratio(take.units_sum, max_units))
+        return MAX_SCORE * (1.0 - dot / 2.0)  # held to [0, 10] by the caller
+
+
+VECTORS = {"units+memory": PerGpu(), "cpu+units": NodeVector()}
+
+
+class DotProduct(Policy):
+    name = "dot-product"
+
+    def __init__(self, dims: str = "units+memory") -> None:
+        self.dims = dims
+        self._vectors = named(VECTORS, dims, policy=self.name, parameter="dims")
+
+    def describe(self) -> str:
+        return self.name if self.dims == "units+memory" else f"{self.name}(dims={self.dims})"
+
+    def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+        return self._vectors.gpu_preference(view, need, memory)
+
+    def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
+        return self._vectors.node_score(view, need, take)

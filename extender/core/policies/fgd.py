@@ -14,83 +14,42 @@ simulator's integer score (so its ties are kept). A pod on one GPU takes the bes
 among equals); a pod on several whole GPUs takes free GPUs lowest index first, and CPU-only pods score the
 change their CPU causes.
 
-The workload is a parameter: ``[(cpu_milli, gpu_count, units per GPU, models or None, probability), ...]``.
-The simulator builds it from the trace (the most frequent shapes covering 95% of pods, renormalised, see
-:func:`target_workload`); the extender from recently seen pods. Per-node results are cached by the ledger's
-row version, so only nodes that changed since are computed again.
+The workload is a parameter (:mod:`extender.core.workload`): the simulator passes the trace's (the most frequent
+shapes covering 95% of pods, renormalised), the extender the shapes of the pods it saw last, which it keeps
+learning. What depends on the workload is worked out again only when the workload's version moves. A one-GPU
+pod's scores per node are kept by the ledger's row version (a :class:`~extender.core.rows.RowMemo`), so only
+nodes that changed since are computed again.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..resources import model_matches
+from ..rows import RowMemo
+from ..workload import Workload, as_workload
 from .base import Need, Policy, Take, View
-
-Shape = tuple[int, int, int, tuple[str, ...] | None]  # cpu milli, GPU count, units per GPU, models
-
-
-def target_workload(shapes: Iterable[Shape], coverage: float = 0.95) -> list[tuple[int, int, int, tuple[str, ...] | None, float]]:
-    """The most frequent shapes, in decreasing count, until they cover ``coverage`` of all pods; renormalised.
-
-    Equal counts are ordered as the published simulator orders them (larger CPU, then larger share, more GPUs,
-    then model text, first), so the cut falls on the same shapes.
-    """
-    counts = Counter(shapes)
-    if not counts:
-        return []
-    total = sum(counts.values())
-    ordered = sorted(counts.items(), key=lambda kv: (kv[1], kv[0][0], kv[0][2], kv[0][1], "|".join(kv[0][3] or ())),
-                     reverse=True)
-    chosen, covered = [], 0
-    for shape, count in ordered:
-        if covered >= coverage * total:
-            break
-        chosen.append((shape, count))
-        covered += count
-    return [(*shape, count / covered) for shape, count in chosen]
-
-
-class RecentShapes:
-    """The shapes of the last ``window`` GPU pods seen: the extender's target workload for FGD. A count window,
-    not a time window, so the same sequence of pods gives the same workload (no clock in the core)."""
-
-    def __init__(self, window: int = 1000, coverage: float = 0.95) -> None:
-        if window < 1:
-            raise ValueError(f"FGD window must be at least 1 pod, not {window}")
-        if not 0 < coverage <= 1:
-            raise ValueError(f"FGD coverage must be in (0, 1], not {coverage}")
-        self._shapes: deque[Shape] = deque(maxlen=window)
-        self.coverage = coverage
-        self.version = 0  # bumped by every observation: a policy built at an older version is out of date
-
-    def observe(self, shape: Shape) -> None:
-        self._shapes.append(shape)
-        self.version += 1
-
-    def __len__(self) -> int:
-        return len(self._shapes)
-
-    def workload(self, units_per_gpu: int) -> list[tuple[int, int, int, tuple[str, ...] | None, float]]:
-        """The target workload of the window; before any pod is seen, whole-GPU pods."""
-        if not self._shapes:
-            return [(0, 1, units_per_gpu, None, 1.0)]
-        return target_workload(self._shapes, self.coverage)
 
 
 class Fgd(Policy):
     name = "fgd"
 
-    def __init__(self, workload: Sequence[tuple] = ()) -> None:
-        if not workload:
-            raise ValueError("fgd needs a target workload: [(cpu_milli, gpu_count, units, models, probability), ...]")
-        rows = [tuple(w) for w in workload]
-        for w in rows:
-            if len(w) != 5 or w[4] < 0 or w[1] < 0 or w[2] < 0:
-                raise ValueError(f"fgd workload entry {w!r}: expected (cpu_milli, gpu_count, units, models, p >= 0)")
+    def __init__(self, workload: Workload | Sequence[Sequence] | None = None) -> None:
+        try:
+            self._source = as_workload(workload)
+        except ValueError as exc:
+            raise ValueError(f"fgd {exc}") from None
+        self._version: int | None = None
+        self._follow()
+
+    def _follow(self) -> None:
+        """Take the workload's current shapes, and drop what was derived from older ones."""
+        if self._version == self._source.version:
+            return
+        rows = self._source.shapes()
+        self._version = self._source.version
         self.workload = rows
         self.cpu = np.array([w[0] for w in rows], dtype=np.int64)
         self.count = np.array([w[1] for w in rows], dtype=np.int64)
@@ -99,7 +58,8 @@ class Fgd(Policy):
         self.p = np.array([w[4] for w in rows], dtype=np.float64)
         # the per-GPU sums depend on a shape's share alone: computed once per distinct share, then spread
         self._shares, self._share_of = np.unique(self.units, return_inverse=True)
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # pod shape -> (row version, per-GPU score)
+        # one-GPU pod shape (units, cpu) -> per-GPU scores, kept by row version (only changed nodes are computed)
+        self._one_gpu: dict[tuple[int, int], RowMemo] = {}
 
     def describe(self) -> str:
         return f"fgd({len(self.workload)} shapes)"
@@ -159,11 +119,13 @@ class Fgd(Policy):
 
     # ------------------------------------------------------------------ policy
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
+        self._follow()
         if need.count != 1:  # whole GPUs: lowest index first (the published simulator's exclusive allocation)
             return -view.positions.astype(np.float64)
         return self._single_gpu_scores(view, need)
 
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
+        self._follow()
         if need.count == 1 and need.units > 0:
             scores = self._single_gpu_scores(view, need)
             return np.where(take.charged, scores, -np.inf).max(axis=1).clip(0.0, None)
@@ -174,37 +136,23 @@ class Fgd(Policy):
         return _score(before - after, view.units_per_gpu)
 
     def _single_gpu_scores(self, view: View, need: Need) -> np.ndarray:
-        """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, cached per row version (and per
+        """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, kept per row version (and per
         view: gpu_preference and node_score of one evaluation ask for the same)."""
-        memo_key = (id(self), need.units, need.cpu_milli)
+        memo_key = (id(self), self._version, need.units, need.cpu_milli)
         known = view.memo.get(memo_key)
-        if known is not None:
-            return known
-        ledger = view.ledger
-        if getattr(self, "_ledger", None) is not ledger:  # row versions belong to one ledger
-            self._cache.clear()
-            self._ledger = ledger
-        key = (need.units, need.cpu_milli)
-        versions, scores = self._cache.get(key, (None, None))
-        capacity = len(ledger.row_version)
-        width = view.free_units.shape[1]
-        if versions is None or len(versions) != capacity or scores.shape[1] != width:
-            versions = np.full(capacity, -1, dtype=np.int64)
-            scores = np.zeros((capacity, width))
-            self._cache[key] = (versions, scores)
-        current = ledger.row_version.take(view.rows)
-        stale = np.flatnonzero(versions.take(view.rows) != current)
-        if len(stale):
-            sub = View(ledger, view.rows[stale])
-            access = self.shape_access(sub)
-            before, after = self.fragmentation_after_one(sub.free_units, sub.cpu_room, access, need.units,
-                                                         need.cpu_milli)
-            fits = sub.free_units >= need.units
-            rows = view.rows[stale]
-            scores[rows] = np.where(fits, _score(before[:, None] - after, view.units_per_gpu), -np.inf)
-            versions[rows] = current[stale]
-        view.memo[memo_key] = out = scores.take(view.rows, axis=0)
-        return out
+        if known is None:
+            key = (need.units, need.cpu_milli)
+            memo = self._one_gpu.get(key)
+            if memo is None:
+                memo = self._one_gpu[key] = RowMemo(lambda ledger, rows: self._one_gpu_rows(ledger, rows, *key))
+            known = view.memo[memo_key] = memo.refresh(view.ledger, view.rows).take(view.rows, axis=0)
+        return known
+
+    def _one_gpu_rows(self, ledger, rows: np.ndarray, units: int, cpu_milli: int) -> np.ndarray:
+        sub = View(ledger, rows)
+        before, after = self.fragmentation_after_one(sub.free_units, sub.cpu_room, self.shape_access(sub), units,
+                                                     cpu_milli)
+        return np.where(sub.free_units >= units, _score(before[:, None] - after, ledger.units_per_gpu), -np.inf)
 
 
 def _score(decrease: np.ndarray, units_per_gpu: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """GPU-clustering (the FGD paper's GpuClustering): keep pods of the same kind together.
 
-A node's "affinity" is the set of kinds of the pods on it. ``affinity`` says what a kind is:
+A node's "affinity" is the set of kinds of the pods on it. ``affinity`` names what a kind is:
 
-* ``"share"`` (default, the extender's): the per-GPU unit share (50 units and 25 units are two kinds);
-* ``"kind"``: the paper's simulator: every pod that shares a GPU is one kind, and a pod of n whole GPUs is
-  kind "n-gpu".
+* ``"share"`` (default, the extender's, :class:`ByShare`): the per-GPU unit share (50 units and 25 units are
+  two kinds);
+* ``"kind"`` (:class:`ByKind`): the paper's simulator: every pod that shares a GPU is one kind, and a pod of n
+  whole GPUs is kind "n-gpu".
 
 Four bands, each 2.5 wide, and within a band the fuller node wins (scaled by the largest node in the cluster):
 
@@ -16,49 +17,121 @@ Four bands, each 2.5 wide, and within a band the fuller node wins (scaled by the
 GPU preference: ``"share"``: GPUs holding only the same share first, then the fewest free units; ``"kind"``:
 the fewest free units (the paper's "best" GPU selection). A pod without GPUs scores 0 everywhere under
 ``"kind"``, as in the paper.
+
+The kinds on each node are counted from the ledger's pods on it and kept by row version
+(:class:`~extender.core.rows.RowMemo`), so only nodes that changed are counted again.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..ledger import KIND_SLOTS
-from .base import Need, Policy, Take, View, ratio
+from ..rows import RowMemo
+from .base import Need, Policy, Take, View, named, ratio
 
-AFFINITIES = ("share", "kind")
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
+KIND_SLOTS = 17  # ByKind's counts: 0 = pods sharing a GPU, n = pods of n whole GPUs (16: 16 or more)
+
+
+class ByShare:
+    """Kinds are share sizes. Per node, how many GPU shares of each size it holds, and how many sizes; per GPU,
+    the one share size of its pods (0 without pods, -1 for mixed sizes)."""
+
+    def __init__(self) -> None:
+        self._shares = RowMemo(self._count_shares)
+        self._gpu_shares = RowMemo(self._gpu_share)
+
+    @staticmethod
+    def _count_shares(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
+        """(rows, unitsPerGpu + 2): per share size the number of GPU shares of that size, then the sizes held."""
+        upg = ledger.units_per_gpu
+        out = np.zeros((len(rows), upg + 2), dtype=np.int32)
+        for r, row in enumerate(rows.tolist()):
+            for pod in ledger.charges_at(row):
+                for _, share in pod:
+                    out[r, min(share.units, upg)] += 1
+        out[:, -1] = (out[:, :-1] > 0).sum(axis=1)
+        return out
+
+    @staticmethod
+    def _gpu_share(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), ledger.free_units.shape[1]), dtype=np.int64)
+        for r, row in enumerate(rows.tolist()):
+            for pod in ledger.charges_at(row):
+                for pos, share in pod:
+                    out[r, pos] = share.units if out[r, pos] in (0, share.units) else -1
+        return out
+
+    def gpu_preference(self, view: View, need: Need, fullness: np.ndarray) -> np.ndarray:
+        same = self._gpu_shares.refresh(view.ledger, view.rows).take(view.rows, axis=0) == need.units
+        return same.astype(np.float64) * 2.0 + fullness
+
+    def present_and_kinds(self, view: View, need: Need) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._shares.refresh(view.ledger, view.rows)
+        return counts[view.rows, need.units] > 0, counts[view.rows, -1]
+
+
+class ByKind:
+    """Kinds as the paper counts them: any GPU-sharing pod is kind 0, a pod of n whole GPUs kind n."""
+
+    def __init__(self) -> None:
+        self._kinds = RowMemo(self._count_kinds)
+
+    @staticmethod
+    def _count_kinds(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), KIND_SLOTS), dtype=np.int32)
+        for r, row in enumerate(rows.tolist()):
+            for pod in ledger.charges_at(row):
+                if pod:
+                    out[r, pod_kind([share.units for _, share in pod], ledger.units_per_gpu)] += 1
+        return out
+
+    def gpu_preference(self, view: View, need: Need, fullness: np.ndarray) -> np.ndarray:
+        return fullness
+
+    def present_and_kinds(self, view: View, need: Need) -> tuple[np.ndarray, np.ndarray] | None:
+        if need.count == 0:
+            return None  # a pod without GPUs: 0 everywhere, as in the paper
+        counts = self._kinds.refresh(view.ledger, view.rows)[view.rows]
+        kind = pod_kind([need.units] * need.count, view.units_per_gpu)
+        return counts[:, kind] > 0, np.count_nonzero(counts, axis=1)
+
+
+def pod_kind(units: list[int], units_per_gpu: int) -> int:
+    """A GPU pod's kind, from the units of each of its GPUs: 0 = shares a GPU, n = n whole GPUs (the last slot
+    takes more)."""
+    if min(units) < units_per_gpu:
+        return 0
+    return min(len(units), KIND_SLOTS - 1)
+
+
+AFFINITIES = {"share": ByShare, "kind": ByKind}
 
 
 class GpuClustering(Policy):
     name = "gpu-clustering"
-    reads = ("free_units_sum",)
 
     def __init__(self, affinity: str = "share") -> None:
-        if affinity not in AFFINITIES:
-            raise ValueError(f"{self.name}: affinity must be one of {', '.join(AFFINITIES)}, not {affinity!r}")
         self.affinity = affinity
+        self._kinds = named(AFFINITIES, affinity, policy=self.name, parameter="affinity")()
 
     def describe(self) -> str:
-        return self.name if self.affinity == AFFINITIES[0] else f"{self.name}(affinity={self.affinity})"
+        return self.name if self.affinity == "share" else f"{self.name}(affinity={self.affinity})"
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         fullness = -ratio(np.maximum(view.free_units, 0), view.units_per_gpu)
-        if self.affinity == "kind":
-            return fullness
-        return (view.gpu_shape == need.units).astype(np.float64) * 2.0 + fullness
+        return self._kinds.gpu_preference(view, need, fullness)
 
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray:
+        found = self._kinds.present_and_kinds(view, need)
+        if found is None:
+            return np.zeros(len(view))
+        present, kinds = found
         max_units, _ = view.ledger.max_node_capacity()
-        left = view.free_units_sum
-        base = np.clip(2.5 * ratio(max_units - left, max_units), 0.0, 2.5)
-        if self.affinity == "kind":
-            if need.count == 0:
-                return np.zeros(len(view))
-            counts = view.ledger.kind_count.take(view.rows, axis=0)
-            kind = 0 if need.units < view.units_per_gpu else min(need.count, KIND_SLOTS - 1)
-            present = counts[:, kind] > 0
-            kinds = np.count_nonzero(counts, axis=1)
-        else:
-            present = view.ledger.shape_count[:, need.units].take(view.rows) > 0
-            kinds = view.ledger.shape_kinds.take(view.rows)
+        base = np.clip(2.5 * ratio(max_units - view.free_units_sum, max_units), 0.0, 2.5)
         band = np.where(present, np.where(kinds == 1, 7.5, 5.0), np.where(kinds == 0, 2.5, 0.0))
         return base + band

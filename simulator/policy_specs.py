@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from extender.core.policies import POLICIES, WORKLOAD_POLICIES, Policy, make_policy
+from extender.core.policies import POLICIES, Policy, make_policy
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,7 @@ class PolicySpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     def build(self, seed: int, workload: list) -> Policy:
-        params = dict(self.params)
-        if self.policy == "random":
-            params["seed"] = seed
-        if self.policy in WORKLOAD_POLICIES:
-            params["workload"] = workload
-        return make_policy(self.policy, **params)
+        return make_policy(self.policy, seed=seed, workload=workload, **self.params)
 
     def __call__(self, seed: int, workload: list) -> Policy:  # a PolicyFactory
         return self.build(seed, workload)
