@@ -23,7 +23,7 @@ demo: $(STAMP)
 # make here: the e2e fixture retries it and, under CI=true, fails with the build's own error.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	-$(PY) e2e/build_control_plane.py
+	-$(PY) testbed/build_control_plane.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

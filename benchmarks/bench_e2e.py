@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from e2e.build_control_plane import build  # noqa: E402
-from e2e.controlplane import ControlPlane  # noqa: E402
+from testbed.build_control_plane import build  # noqa: E402
+from testbed.controlplane import ControlPlane  # noqa: E402
 from extender.testing.factories import gpu_pod  # noqa: E402
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.build_control_plane import BuildError, build
-from e2e.controlplane import ControlPlane, ControlPlaneError
+from testbed.build_control_plane import BuildError, build
+from testbed.controlplane import ControlPlane, ControlPlaneError
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
 from extender.testing.factories import gpu_pod
 

@@ -13,7 +13,7 @@ import time
 from kubernetes import client, utils
 import yaml
 
-from e2e.controlplane import DEPLOY
+from testbed.controlplane import DEPLOY
 from tests.e2e.conftest import extender_log
 
 
