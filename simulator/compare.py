@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .experiments import InflationResult, inflation
 from .policy_specs import PAPER_UNALLOCATED, PolicySpec
-from .trace import load_openb_nodes, load_openb_pods
+from .trace import load_nodes, load_pods
 
 _TRACE: dict = {}
 
@@ -46,7 +46,7 @@ def _load(settings: Settings):
     key = (settings.nodes, settings.pods)
     if key not in _TRACE:
         _TRACE.clear()
-        _TRACE[key] = (load_openb_nodes(settings.nodes), load_openb_pods(settings.pods))
+        _TRACE[key] = (load_nodes(settings.nodes), load_pods(settings.pods))
         settle()
     return _TRACE[key]
 

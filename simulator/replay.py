@@ -24,7 +24,7 @@ import numpy as np
 
 from .engine import ARRIVE, COMPLETE, RETRY, EventQueue, SimCluster, TieBreak, percent
 from .experiments import PolicyFactory, workload_of
-from .trace import SimPod, load_jsonl, load_openb_nodes, load_openb_pods
+from .trace import SimPod, load_nodes, load_pods
 
 
 @dataclass
@@ -124,14 +124,8 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
     return result
 
 
-def _load_pods(path: str | None) -> list[SimPod]:
-    if path and path.endswith(".jsonl"):
-        return load_jsonl(path)
-    return load_openb_pods(path)
-
-
 def run_replays(specs, args) -> list[ReplayResult]:
-    nodes, pods = load_openb_nodes(args.nodes), _load_pods(args.pods)
+    nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
     results = [replay(nodes, pods, spec, seed=args.seed, arrival_scale=args.arrival_scale,
                       tie_break=args.tie_break, name=spec.label) for spec in specs]
     write_replay(results, args.out, plots=not args.no_plots)

@@ -300,6 +300,22 @@ def dump_jsonl(pods: Iterable[SimPod], path: str | Path) -> None:
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
+def load_nodes(path: str | Path | None = None) -> list[NodeInventory]:
+    """Nodes from a file named on the command line: ``.csv`` an openb node list, anything else a Kubernetes
+    Node list; ``None`` the embedded GPU nodes."""
+    if path is None or str(path).endswith(".csv"):
+        return load_openb_nodes(path)
+    return load_cluster_file(path)
+
+
+def load_pods(path: str | Path | None = None) -> list[SimPod]:
+    """Pods from a file named on the command line: ``.jsonl`` our JSONL, anything else an openb pod CSV;
+    ``None`` the embedded default trace."""
+    if path is not None and str(path).endswith(".jsonl"):
+        return load_jsonl(path)
+    return load_openb_pods(path)
+
+
 # ---------------------------------------------------------------------------------------------------- clusters
 def node_objects(nodes: Iterable[NodeInventory]) -> dict:
     """A Kubernetes ``v1`` List of Nodes that :func:`load_cluster_file` (and the extender's static mode) reads."""

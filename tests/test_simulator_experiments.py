@@ -9,6 +9,7 @@ import json
 import random
 
 import numpy as np
+import yaml
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -20,7 +21,7 @@ from simulator.experiments import inflation
 from simulator.policy_specs import PAPER, resolve
 from simulator.replay import replay
 from simulator.synthetic import synthetic_trace
-from simulator.trace import SimPod, dump_jsonl, sim_node
+from simulator.trace import SimPod, dump_jsonl, load_openb_nodes, node_objects, sim_node
 
 from test_simulator import small_trace
 
@@ -87,6 +88,21 @@ def test_compare_writes_results_report_and_plots(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "unallocated % (mean)" in printed and "fgd" in printed
+
+
+def test_compare_reads_a_kubernetes_node_list_and_jsonl_pods(tmp_path):
+    node_csv, _ = write_openb(tmp_path)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(node_objects(load_openb_nodes(node_csv))))
+    pods = tmp_path / "synth.jsonl"
+    assert cli.main(["synth", "--pods", "60", "--seed", "3", "--out", str(pods)]) == 0
+    out = tmp_path / "out"
+    assert cli.main(["compare", "--nodes", str(cluster), "--pods", str(pods), "--policies", "best-fit",
+                     "--seeds", "42", "--jobs", "1", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    from_csv = tmp_path / "from-csv"
+    assert cli.main(["compare", "--nodes", str(node_csv), "--pods", str(pods), "--policies", "best-fit",
+                     "--seeds", "42", "--jobs", "1", "--out", str(from_csv), "--quiet", "--no-plots"]) == 0
+    assert (out / "results.csv").read_text() == (from_csv / "results.csv").read_text()
 
 
 def test_a_loaded_trace_is_frozen_out_of_full_collections(tmp_path):
