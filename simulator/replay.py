@@ -63,65 +63,88 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
     """Replay ``pods``; ``observer(time, cluster)`` is called after every event (tests check invariants there)."""
     if not arrival_scale > 0:
         raise ValueError(f"arrival scale must be positive, not {arrival_scale}")
-    rng = random.Random(seed)
     policy = make(seed, workload_of(pods, coverage))
-    cluster = SimCluster(nodes, policy, rng=rng, tie_break=tie_break)
+    cluster = SimCluster(nodes, policy, rng=random.Random(seed), tie_break=tie_break)
     ordered = sorted(pods, key=lambda p: (p.arrival, p.name))
     start = ordered[0].arrival if ordered else 0.0
-    queue = EventQueue()
-    arrived_at: dict[str, float] = {}
-    for pod in ordered:
-        queue.push((pod.arrival - start) / arrival_scale, ARRIVE, pod)
     result = ReplayResult(policy=name or policy.describe(), seed=seed, arrival_scale=arrival_scale, pods=len(pods),
                           last_arrival=(ordered[-1].arrival - start) / arrival_scale if ordered else 0.0)
-    pending: list[SimPod] = []
-    retry_at: float | None = None
-
-    def place(pod: SimPod, now: float, arriving: bool) -> bool:
-        outcome = cluster.place(pod, pod.name)
-        if outcome.node is None:
-            if arriving:
-                result.failed[outcome.reason] += 1  # a pod's first refusal, on arrival
-            return False
-        result.placed += 1
-        result.delays.append(now - arrived_at[pod.name])
-        if pod.duration is not None:
-            queue.push(now + pod.duration, COMPLETE, pod)
-        return True
-
-    while queue:
-        now, kind, event = queue.pop()
+    run = _Run(cluster, result)
+    for pod in ordered:
+        run.queue.push((pod.arrival - start) / arrival_scale, ARRIVE, pod)
+    while run.queue:
+        now, kind, event = run.queue.pop()
         if kind == ARRIVE:
-            arrived_at[event.name] = now
-            if not place(event, now, arriving=True):
-                pending.append(event)
+            run.arrive(event, now)
         elif kind == COMPLETE:
-            cluster.remove(event.name)
-            if pending and retry_at != now:
-                retry_at = now
-                queue.push(now, RETRY, None)
+            run.complete(event, now)
         else:
-            failed_shapes: set[tuple] = set()
-            still = []
-            for pod in pending:
-                key = pod.shape_key
-                if key in failed_shapes:
-                    still.append(pod)
-                    continue
-                result.retries += 1
-                if not place(pod, now, arriving=False):
-                    failed_shapes.add(key)
-                    still.append(pod)
-            pending = still
+            run.retry(now)
         if observer is not None:
             observer(now, cluster)
-        point = (now, percent(cluster.allocated, cluster.gpu_capacity), len(pending))
-        if result.timeline and result.timeline[-1][0] == now:
-            result.timeline[-1] = point
-        else:
-            result.timeline.append(point)
-    result.pending_at_end = len(pending)
+        run.record(now)
+    result.pending_at_end = len(run.pending)
     return result
+
+
+class _Run:
+    """One replay's moving parts: the event queue, the pods waiting, and what happens at each kind of event."""
+
+    def __init__(self, cluster: SimCluster, result: ReplayResult) -> None:
+        self.cluster = cluster
+        self.result = result
+        self.queue = EventQueue()
+        self.arrived_at: dict[str, float] = {}
+        self.pending: list[SimPod] = []
+        self.retry_at: float | None = None
+
+    def place(self, pod: SimPod, now: float, arriving: bool) -> bool:
+        outcome = self.cluster.place(pod, pod.name)
+        if outcome.node is None:
+            if arriving:
+                self.result.failed[outcome.reason] += 1  # a pod's first refusal, on arrival
+            return False
+        self.result.placed += 1
+        self.result.delays.append(now - self.arrived_at[pod.name])
+        if pod.duration is not None:
+            self.queue.push(now + pod.duration, COMPLETE, pod)
+        return True
+
+    def arrive(self, pod: SimPod, now: float) -> None:
+        self.arrived_at[pod.name] = now
+        if not self.place(pod, now, arriving=True):
+            self.pending.append(pod)
+
+    def complete(self, pod: SimPod, now: float) -> None:
+        """A pod ends; the waiting pods get one retry at this instant, however many pods end at it."""
+        self.cluster.remove(pod.name)
+        if self.pending and self.retry_at != now:
+            self.retry_at = now
+            self.queue.push(now, RETRY, None)
+
+    def retry(self, now: float) -> None:
+        """Retry the waiting pods in arrival order; once one of a shape fails, the others of that shape wait."""
+        failed_shapes: set[tuple] = set()
+        still = []
+        for pod in self.pending:
+            key = pod.shape_key
+            if key in failed_shapes:
+                still.append(pod)
+                continue
+            self.result.retries += 1
+            if not self.place(pod, now, arriving=False):
+                failed_shapes.add(key)
+                still.append(pod)
+        self.pending = still
+
+    def record(self, now: float) -> None:
+        """The timeline keeps one point per instant: the state after its last event."""
+        timeline = self.result.timeline
+        point = (now, percent(self.cluster.allocated, self.cluster.gpu_capacity), len(self.pending))
+        if timeline and timeline[-1][0] == now:
+            timeline[-1] = point
+        else:
+            timeline.append(point)
 
 
 def run_replays(specs, args) -> list[ReplayResult]:
