@@ -57,8 +57,8 @@ def build_cluster(nodes: int, gpus: int, pods: int, seed: int) -> Ledger:
         chosen = rng.sample(free, count)
         shares = tuple(GpuShare(p, f"GPU-{name}-{p}", units, memory) for p in sorted(chosen))
         uid = f"pod-{placed}"
-        ledger.adopt(Assignment(uid, "bench", uid, name, None, "binpack",
-                                (ContainerAssignment("main", "app", shares),)))
+        ledger.adopt(Assignment(pod_uid=uid, namespace="bench", name=uid, node=name, pool=None, policy="binpack",
+                                containers=(ContainerAssignment(name="main", kind="app", gpus=shares),)))
         placed += 1
     return ledger
 

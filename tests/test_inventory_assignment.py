@@ -79,7 +79,7 @@ def _assignment(containers):
 
 
 def test_assignment_round_trip():
-    assignment = _assignment([ContainerAssignment("main", "app", (GpuShare(0, "GPU-0", 40, 4000),
+    assignment = _assignment([ContainerAssignment(name="main", kind="app", gpus=(GpuShare(0, "GPU-0", 40, 4000),
                                                                   GpuShare(3, "GPU-3", 40, 4000)))])
     raw = to_annotation(assignment, timestamp="2026-11-21T00:00:00Z")
     assert from_annotation(raw, pod_uid="u1", namespace="ns", name="p") == assignment
@@ -90,9 +90,9 @@ def test_charges_take_the_maximum_over_phases():
     # init 80 units on GPU 0; then sidecar 10 + main 30 on GPU 0 and main alone... per GPU and per resource:
     # GPU 0 units = max(80, 10 + 30) = 80, MiB = max(1000, 500 + 3000) = 3500; GPU 1 only main: 30 / 3000
     assignment = _assignment([
-        ContainerAssignment("warmup", "init", (GpuShare(0, None, 80, 1000),)),
-        ContainerAssignment("proxy", "sidecar", (GpuShare(0, None, 10, 500),)),
-        ContainerAssignment("main", "app", (GpuShare(0, None, 30, 3000), GpuShare(1, None, 30, 3000))),
+        ContainerAssignment(name="warmup", kind="init", gpus=(GpuShare(0, None, 80, 1000),)),
+        ContainerAssignment(name="proxy", kind="sidecar", gpus=(GpuShare(0, None, 10, 500),)),
+        ContainerAssignment(name="main", kind="app", gpus=(GpuShare(0, None, 30, 3000), GpuShare(1, None, 30, 3000))),
     ])
     assert assignment.charges() == {0: (80, 3500), 1: (30, 3000)}
 

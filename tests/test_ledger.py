@@ -18,8 +18,9 @@ def ledger_with(*nodes, settings=S):
 
 
 def share(node="n", uid="u1", index=0, units=40, memory=4000, pool=None, kind="app", uuid=None):
-    return Assignment(uid, "ns", uid, node, pool, "binpack",
-                      (ContainerAssignment("main", kind, (GpuShare(index, uuid, units, memory),)),))
+    return Assignment(pod_uid=uid, namespace="ns", name=uid, node=node, pool=pool, policy="binpack",
+                      containers=(ContainerAssignment(name="main", kind=kind,
+                                                      gpus=(GpuShare(index, uuid, units, memory),)),))
 
 
 def free(ledger, node, index):

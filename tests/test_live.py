@@ -69,8 +69,9 @@ def listing(items, version):
 
 def bound(pod, node, units):
     uid = pod["metadata"]["uid"]
-    assignment = Assignment(uid, "default", pod["metadata"]["name"], node, None, "binpack",
-                            (ContainerAssignment("main", "app", (GpuShare(0, f"GPU-{node}-0", units, 1000),)),))
+    assignment = Assignment(pod_uid=uid, namespace="default", name=pod["metadata"]["name"], node=node, pool=None,
+                            policy="binpack", containers=(ContainerAssignment(
+                                name="main", kind="app", gpus=(GpuShare(0, f"GPU-{node}-0", units, 1000),)),))
     pod["spec"]["nodeName"] = node
     pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = to_annotation(assignment)
     return pod

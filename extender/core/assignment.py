@@ -30,14 +30,14 @@ class GpuShare:
     memory_mib: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContainerAssignment:
     name: str
     kind: ContainerKind
     gpus: tuple[GpuShare, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)  # several adjacent strings: keywords keep them apart
 class Assignment:
     """A pod's GPUs on one node. ``charges()`` is what the ledger accounts for it."""
 
