@@ -42,37 +42,33 @@ class ByShare:
     the one share size of its pods (0 without pods, -1 for mixed sizes)."""
 
     def __init__(self) -> None:
-        self._shares = RowMemo(self._count_shares)
-        self._gpu_shares = RowMemo(self._gpu_share)
+        self._counts = RowMemo(self._count)
 
     @staticmethod
-    def _count_shares(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
-        """(rows, unitsPerGpu + 2): per share size the number of GPU shares of that size, then the sizes held."""
-        upg = ledger.units_per_gpu
-        out = np.zeros((len(rows), upg + 2), dtype=np.int32)
+    def _count(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
+        """(rows, unitsPerGpu + 2 + GPUs): per share size the number of GPU shares of that size, then the number
+        of sizes held, then each GPU's share size. Counted in Python lists: a node holds a few dozen shares."""
+        upg, width = ledger.units_per_gpu, ledger.free_units.shape[1]
+        out = np.zeros((len(rows), upg + 2 + width), dtype=np.int64)
         for r, row in enumerate(rows.tolist()):
-            for pod in ledger.charges_at(row):
-                for _, share in pod:
-                    out[r, min(share.units, upg)] += 1
-        out[:, -1] = (out[:, :-1] > 0).sum(axis=1)
-        return out
-
-    @staticmethod
-    def _gpu_share(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(rows), ledger.free_units.shape[1]), dtype=np.int64)
-        for r, row in enumerate(rows.tolist()):
+            sizes, gpu_share = [0] * (upg + 1), [0] * width
             for pod in ledger.charges_at(row):
                 for pos, share in pod:
-                    out[r, pos] = share.units if out[r, pos] in (0, share.units) else -1
+                    sizes[min(share.units, upg)] += 1
+                    gpu_share[pos] = share.units if gpu_share[pos] in (0, share.units) else -1
+            out[r, : upg + 1] = sizes
+            out[r, upg + 1] = sum(1 for n in sizes if n)
+            out[r, upg + 2:] = gpu_share
         return out
 
     def gpu_preference(self, view: View, need: Need, fullness: np.ndarray) -> np.ndarray:
-        same = self._gpu_shares.refresh(view.ledger, view.rows).take(view.rows, axis=0) == need.units
+        counts = self._counts.refresh(view.ledger, view.rows)
+        same = counts[view.rows, view.units_per_gpu + 2:] == need.units
         return same.astype(np.float64) * 2.0 + fullness
 
     def present_and_kinds(self, view: View, need: Need) -> tuple[np.ndarray, np.ndarray] | None:
-        counts = self._shares.refresh(view.ledger, view.rows)
-        return counts[view.rows, need.units] > 0, counts[view.rows, -1]
+        counts = self._counts.refresh(view.ledger, view.rows)
+        return counts[view.rows, need.units] > 0, counts[view.rows, view.units_per_gpu + 1]
 
 
 class ByKind:
