@@ -19,7 +19,8 @@ from .synthetic import synthetic_cluster, synthetic_workload
 
 
 def place_all(settings: CoreSettings, nodes: list[dict], requests: list[PodRequest], policy: Policy):
-    """Schedule each pod once, in order, on the best node: what kube-scheduler does with the extender."""
+    """Schedule each pod once, in order, on the best node: what kube-scheduler does with the extender. Returns
+    the ledger and, per pod left pending, why it did not fit when it was tried."""
     ledger, _ = build_ledger(settings, nodes, [])
     names = ledger.node_names()
     pending = []
@@ -27,7 +28,7 @@ def place_all(settings: CoreSettings, nodes: list[dict], requests: list[PodReque
         evaluation = evaluate(ledger, request, names, policy)
         best = evaluation.best()
         if best is None:
-            pending.append((request, evaluation))
+            pending.append((request, sorted(set(evaluation.failed.values()) | set(evaluation.unresolvable.values()))))
             continue
         ledger.reserve(evaluation.placement(best).assignment(request, policy.name))
         ledger.commit(request.uid)
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(table)
     if pending:
         print(f"\n{len(pending)} pod(s) pending under {policy.describe()}; why the first three wait:")
-        for request, evaluation in pending[:3]:
-            reasons = sorted(set(evaluation.failed.values()) | set(evaluation.unresolvable.values()))
+        for request, reasons in pending[:3]:
             print(f"  {request.key}: " + "; ".join(reasons))
 
 

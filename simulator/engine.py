@@ -73,7 +73,7 @@ class _ShapeEntry:
         self.scores = np.full(nodes, -np.inf)  # the score as compared (cut); -inf where the node does not fit
         # misfit code per node (FIT where it fits) and the row version it was worked out at: codes are worked out
         # only when a pod of the shape fits nowhere (the failure's reason), for the nodes whose code is stale
-        self.code = np.full(nodes, MisfitCode.FIT, dtype=np.int64)
+        self.code = np.full(nodes, MisfitCode.FIT.value, dtype=np.int64)
         self.code_versions = np.full(nodes, -1, dtype=np.int64)
         self.counts = np.bincount(self.code, minlength=CODES)  # nodes per code, kept with ``code``
         self._reason: str | None = None  # the commonest misfit of ``counts``, while they have not changed

@@ -13,13 +13,13 @@ worked out when first read, from what the evaluation read: a simulated pod that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Literal, Sequence
 
 import numpy as np
 
 from .assignment import Assignment, ContainerAssignment
 from .checks import MisfitCode, is_static, misfit_counts
+from .lazy import lazy
 from .ledger import Candidates, Ledger
 from .paths import CandidateRows, HostOnly, OneContainer, Path, SeveralContainers
 from .policies import MAX_SCORE, Policy
@@ -69,16 +69,16 @@ class Evaluation:
         self._scores = np.minimum(np.maximum(path.scores, 0.0), MAX_SCORE)  # policies need not clip
         self.scores = self._scores[path.fit]
 
-    @cached_property
+    @lazy
     def fits(self) -> list[str]:
         return [self._names[i] for i in self.fit_mask.nonzero()[0].tolist()]
 
-    @cached_property
+    @lazy
     def codes(self) -> np.ndarray:
         """Each evaluated candidate's misfit code (``FIT`` where it fits)."""
         return self._path.codes()
 
-    @cached_property
+    @lazy
     def rejections(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for label, _ in self._absent.values():
@@ -87,7 +87,7 @@ class Evaluation:
             out[label] = out.get(label, 0) + count
         return out
 
-    @cached_property
+    @lazy
     def _messages(self) -> tuple[dict[str, str], dict[str, str]]:
         failed: dict[str, str] = {}
         unresolvable = {name: message for name, (_, message) in self._absent.items()}

@@ -72,7 +72,7 @@ class CandidateRows:
             if fit.all():
                 return host
             gpu = gpu_codes()
-            return np.where(gpu == MisfitCode.FIT, host, gpu)
+            return np.where(gpu == MisfitCode.FIT.value, host, gpu)
 
         return fit, codes
 
@@ -161,8 +161,8 @@ class SeveralContainers(Path):
         self.checks = [candidates.checks(c) for c in pod.containers]
         codes = np.zeros(len(candidates.names), dtype=np.int64)
         for container_codes in (c.codes() for c in self.checks):  # a node is out if any container is
-            codes = np.where(codes == MisfitCode.FIT, container_codes, codes)
-        codes = candidates.with_host(codes == MisfitCode.FIT, lambda: codes)[1]()
+            codes = np.where(codes == MisfitCode.FIT.value, container_codes, codes)
+        codes = candidates.with_host(codes == MisfitCode.FIT.value, lambda: codes)[1]()
         view = candidates.view
         preferences = [np.where(c.eligible, policy.gpu_preference(view, c.need, c.memory), -np.inf)
                        for c in self.checks]
@@ -170,16 +170,16 @@ class SeveralContainers(Path):
                       key=lambda c: (pod.containers[c].units * pod.containers[c].count, -c))
         self.found: dict[int, dict[int, tuple[int, ...]]] = {}
         scores = np.zeros(len(candidates.names))
-        for i in np.flatnonzero(codes == MisfitCode.FIT).tolist():
+        for i in np.flatnonzero(codes == MisfitCode.FIT.value).tolist():
             found = self._search(i, preferences)
             if found is None:
-                codes[i] = MisfitCode.CONTAINERS
+                codes[i] = MisfitCode.CONTAINERS.value
                 continue
             self.found[i] = found
             take = self._take(i, found)
             sub = View(candidates.ledger, candidates.rows[i: i + 1])
             scores[i] = policy.node_score(sub, self.checks[largest].need, take)[0]
-        self.fit = codes == MisfitCode.FIT
+        self.fit = codes == MisfitCode.FIT.value
         self.codes = lambda: codes
         self.scores = scores
 
