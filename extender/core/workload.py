@@ -74,10 +74,10 @@ class RecentShapes:
     """The shapes of the last ``window`` GPU pods seen: the extender's target workload. A count window, not a
     time window, so the same sequence of pods gives the same workload (no clock in the core).
 
-    The workload is worked out again (and ``version`` moves) once a tenth of the window's pods are new since it
-    was last worked out (after every pod while the window is small; every 100 pods once a window of 1000 is
-    full), so that a policy can keep what it derived from the workload for more than one pod. Before any pod is
-    seen, the workload is whole-GPU pods.
+    ``version`` moves once a tenth of the window's pods are new since it last moved (after every pod while the
+    window is small; every 100 pods once a window of 1000 is full), so that a policy can keep what it derived
+    from the workload for more than one pod; the shapes are worked out when next read, so an extender whose
+    policies never read them does no work. Before any pod is seen, the workload is whole-GPU pods.
     """
 
     def __init__(self, window: int = 1000, coverage: float = 0.95, *, units_per_gpu: int = 100) -> None:
@@ -90,21 +90,24 @@ class RecentShapes:
         self.units_per_gpu = units_per_gpu
         self.observed = 0  # pods seen in all
         self.version = 0
-        self._worked_out_at = 0  # ``observed`` when the workload was last worked out
+        self._moved_at = 0  # ``observed`` when ``version`` last moved
         self._workload: list[WorkloadShape] = [(0, 1, units_per_gpu, None, 1.0)]
+        self._workload_version = 0  # the version ``_workload`` was worked out for
 
     def observe(self, shape: Shape) -> None:
         self._shapes.append(shape)
         self.observed += 1
-        if self.observed - self._worked_out_at >= max(1, len(self._shapes) // 10):
-            self._workload = target_workload(self._shapes, self.coverage)
-            self._worked_out_at = self.observed
+        if self.observed - self._moved_at >= max(1, len(self._shapes) // 10):
+            self._moved_at = self.observed
             self.version += 1
 
     def __len__(self) -> int:
         return len(self._shapes)
 
     def shapes(self) -> list[WorkloadShape]:
+        if self._workload_version != self.version:
+            self._workload = target_workload(self._shapes, self.coverage)
+            self._workload_version = self.version
         return self._workload
 
 
