@@ -28,6 +28,8 @@ def test_registry_and_parameters():
     with pytest.raises(ValueError, match="takes no parameter"):
         resolve("gpu-packing:dims=cpu+units")
     assert resolve("best-fit:dims=cpu+units").build(0, []).describe() == "best-fit(dims=cpu+units)"
+    assert make_policy("best-fit", dims="units+memory").describe() == "best-fit"  # defaults are not named
+    assert make_policy("gpu-clustering", affinity="kind").describe() == "gpu-clustering(affinity=kind)"
 
 
 def test_make_policy_passes_seed_and_workload_to_the_policies_that_take_them():

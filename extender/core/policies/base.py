@@ -12,6 +12,7 @@ Node score and GPU choice come from the same policy object, so the extender and 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
@@ -243,8 +244,9 @@ def _one_hot(width: int) -> np.ndarray:
 class Policy(ABC):
     """A placement policy: one scoring rule used for both the node score and the GPU choice.
 
-    A policy's constructor takes its parameters as keywords; :func:`~extender.core.policies.make_policy` also
-    passes ``seed`` and ``workload`` to a policy whose constructor names them.
+    A policy's constructor takes its parameters as keywords and keeps each as the attribute of the same name;
+    :func:`~extender.core.policies.make_policy` also passes ``seed`` and ``workload`` to a policy whose
+    constructor names them.
     """
 
     name: ClassVar[str]
@@ -262,7 +264,10 @@ class Policy(ABC):
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray: ...
 
     def describe(self) -> str:
-        return self.name
+        """The name, with the parameters that differ from the constructor's defaults: ``best-fit(dims=cpu+units)``."""
+        changed = [f"{key}={getattr(self, key)}" for key, p in inspect.signature(type(self)).parameters.items()
+                   if key not in ("seed", "workload") and getattr(self, key) != p.default]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
 
 
 T = TypeVar("T")

@@ -55,9 +55,6 @@ class BestFit(Policy):
         self.dims = dims
         self._second_leftover = named(SECOND_LEFTOVER, dims, policy=self.name, parameter="dims")
 
-    def describe(self) -> str:
-        return self.name if self.dims == "units+memory" else f"{self.name}(dims={self.dims})"
-
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         memory_left = (view.free_mem - memory) / (view.mem_usable + 1)  # in [0, 1): a tie-break only
         return (need.units - view.free_units) - memory_left  # -(units left + memory left), bit for bit

@@ -70,9 +70,6 @@ class DotProduct(Policy):
         self.dims = dims
         self._vectors = named(VECTORS, dims, policy=self.name, parameter="dims")
 
-    def describe(self) -> str:
-        return self.name if self.dims == "units+memory" else f"{self.name}(dims={self.dims})"
-
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         return self._vectors.gpu_preference(view, need, memory)
 

@@ -115,9 +115,6 @@ class GpuClustering(Policy):
         self.affinity = affinity
         self._kinds = named(AFFINITIES, affinity, policy=self.name, parameter="affinity")()
 
-    def describe(self) -> str:
-        return self.name if self.affinity == "share" else f"{self.name}(affinity={self.affinity})"
-
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         fullness = -ratio(np.maximum(view.free_units, 0), view.units_per_gpu)
         return self._kinds.gpu_preference(view, need, fullness)
