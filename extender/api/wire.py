@@ -16,7 +16,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 MAX_EXTENDER_PRIORITY = 10
-MIN_EXTENDER_PRIORITY = 0
 
 
 class WireModel(BaseModel):

@@ -26,8 +26,7 @@ from .settings import (
 
 INVENTORY_VERSION = 1
 
-# Link codes between two GPUs, as `nvidia-smi topo -m` names them, best first. NV<n> is NVLink with n links.
-LINK_CODES = ("NV", "PIX", "PXB", "PHB", "NODE", "SYS")
+# Link codes between two GPUs, as `nvidia-smi topo -m` names them, worst first; NV<n> is NVLink with n links.
 _LINK_RANK = {"SYS": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
 _NVLINK = re.compile(r"^NV([1-9][0-9]*)$")
 

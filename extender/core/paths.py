@@ -46,12 +46,6 @@ class CandidateRows:
         self.scope = PodScope(self.view, pool, pool != NO_POOL or ledger.pools_named(), pod.models, lut)
         self.pod_key = pod.uid or pod.key
 
-    def position(self, name: str) -> int | None:
-        try:
-            return self.names.index(name)
-        except ValueError:
-            return None
-
     def inventory(self, i: int) -> NodeInventory:
         """The inventory of candidate ``i``, read only while the ledger is as it was at evaluation time."""
         if self.ledger.generation != self.generation:
