@@ -133,7 +133,7 @@ BAD_PODS = [
     ("memory without units", _with_limits({"fracgpu.io/vgpu-memory": "1000"}), "without fracgpu.io/vgpu"),
     ("uneven split", gpu_pod("bad", units=90, gpu_count=4), "cannot be split evenly over fracgpu.io/gpu-count=4"),
     ("split above a GPU", gpu_pod("bad", units=300, gpu_count=2), "150 per GPU, more than unitsPerGpu=100"),
-    ("count zero", gpu_pod("bad", units=10, gpu_count=0), "must be at least 1"),
+    ("count zero", gpu_pod("bad", units=10, gpu_count=0), "positive whole number"),
     ("count not a number", gpu_pod("bad", units=10, gpu_count="two"), "positive whole number"),
     ("count without GPU ask", gpu_pod("bad", gpu_count=2), "no container asks for fracgpu.io/vgpu"),
     ("empty model list", gpu_pod("bad", units=10, models=" | "), "names no model"),

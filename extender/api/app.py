@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from contextlib import suppress
 from typing import AsyncIterator
 
@@ -41,7 +42,10 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     if source is None:
         source = _source_for(settings)
     extender = Extender(settings, source)
-    app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[_errors])
+    # bodies are decompressed here (_decode), not by aiohttp: a body that does not match its Content-Encoding is
+    # then a 400 with a message, and a compressed body is held to the same size limit once decompressed
+    app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[_errors],
+                          handler_args={"auto_decompress": False})
     app[EXTENDER] = extender
     app.router.add_post("/filter", _filter)
     app.router.add_post("/prioritize", _prioritize)
@@ -110,8 +114,27 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
             metrics.requests.labels(verb, str(status)).inc()
 
 
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in _WBITS:
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported (gzip, deflate or none)")
+    inflater = zlib.decompressobj(_WBITS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"body is not {encoding} data, as its Content-Encoding says: {exc}") from None
+    if len(data) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
+    return data
+
+
 async def _decode(request: web.Request, model: type[WireModel]) -> WireModel:
-    body = await request.read()
+    body = _decompressed(await request.read(), request.headers.get("Content-Encoding", ""), request.client_max_size)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -299,10 +299,17 @@ class Extender:
                 raise BadRequest("Nodes must be a NodeList with items")
             names = []
             for position, node in enumerate(items):
-                name = (node.get("metadata") or {}).get("name") if isinstance(node, dict) else None
+                where = f"Nodes.items[{position}]"
+                metadata = node.get("metadata") if isinstance(node, dict) else None
+                if not isinstance(metadata, dict):
+                    raise BadRequest(f"{where}.metadata must be an object")
+                name = metadata.get("name")
                 if not isinstance(name, str) or not name:
-                    raise BadRequest(f"Nodes.items[{position}].metadata.name is missing")
-                raw = ((node.get("metadata") or {}).get("annotations") or {}).get(GPUS_ANNOTATION)
+                    raise BadRequest(f"{where}.metadata.name is missing")
+                annotations = metadata.get("annotations") or {}
+                if not isinstance(annotations, dict):
+                    raise BadRequest(f"{where}.metadata.annotations must be an object")
+                raw = annotations.get(GPUS_ANNOTATION)
                 if self._node_raw.get(name, ...) != raw:  # only re-read an inventory that changed
                     self.on_node(node)
                 names.append(name)
@@ -327,6 +334,9 @@ class Extender:
             raise BadRequest("Pod must be an object")
         metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
         uid, version = metadata.get("uid"), metadata.get("resourceVersion")
+        for field, value in (("uid", uid), ("resourceVersion", version)):
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"Pod.metadata.{field} must be a string, got {type(value).__name__}")
         seen = self._seen.get(uid) if uid else None
         # Prioritize gets the pod Filter just parsed, as a new dict: the same UID and resourceVersion mean the
         # same pod object in the API server, so it is not parsed again.
@@ -390,10 +400,12 @@ class Extender:
                 if victims is None:
                     continue
                 uids = []
-                for pod in victims.pods or []:
-                    uid = (pod.get("metadata") or {}).get("uid")
-                    if not uid:
-                        raise BadRequest(f"NodeNameToVictims[{node}]: a victim pod has no metadata.uid")
+                for position, pod in enumerate(victims.pods or []):
+                    metadata = pod.get("metadata")
+                    uid = metadata.get("uid") if isinstance(metadata, dict) else None
+                    if not isinstance(uid, str) or not uid:
+                        raise BadRequest(f"NodeNameToVictims[{node}].Pods[{position}].metadata.uid must be a "
+                                         f"non-empty string")
                     self._pods.setdefault(uid, pod)
                     uids.append(uid)
                 out[node] = (uids, victims.num_pdb_violations)

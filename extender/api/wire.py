@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
+from ..core.limits import MAX_INT64
+
 MAX_EXTENDER_PRIORITY = 10
 
 
@@ -103,12 +105,12 @@ class MetaPod(WireModel):
 
 class MetaVictims(WireModel):
     pods: list[MetaPod] | None = Field(default=None, alias="Pods")
-    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations")
+    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations", ge=0, le=MAX_INT64)  # Go's int64
 
 
 class Victims(WireModel):
     pods: list[dict] | None = Field(default=None, alias="Pods")
-    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations")
+    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations", ge=0, le=MAX_INT64)
 
 
 class ExtenderPreemptionArgs(WireModel):

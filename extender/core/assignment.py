@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CorruptAnnotation
+from .limits import MAX_GPU_INDEX, MAX_GPU_MEMORY_MIB, MAX_UNITS_PER_GPU
 from .resources import ContainerKind, phases_of
 from .settings import ASSIGNMENT_ANNOTATION
 
@@ -80,9 +81,9 @@ def phase_charges(containers: tuple[ContainerAssignment, ...]) -> dict[int, tupl
 class _Share(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     uuid: str | None = None
-    index: NonNegativeInt
-    units: NonNegativeInt
-    memory_mib: NonNegativeInt = Field(alias="memoryMiB")
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    units: int = Field(ge=0, le=MAX_UNITS_PER_GPU)
+    memory_mib: int = Field(alias="memoryMiB", ge=0, le=MAX_GPU_MEMORY_MIB)
 
 
 class _Container(BaseModel):

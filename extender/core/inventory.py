@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CorruptAnnotation
+from .limits import MAX_GPU_INDEX, MAX_GPU_MEMORY_MIB, MAX_GPUS_PER_NODE, MAX_NUMA_NODE, MAX_UNITS_PER_GPU
+from .quantity import whole_number
 from .settings import (
     GFD_COUNT_LABEL,
     GFD_MEMORY_LABEL,
@@ -47,13 +49,13 @@ class GpuRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    index: NonNegativeInt
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
     uuid: str | None = None
     model: str = "unknown"
-    memory_mib: PositiveInt = Field(alias="memoryMiB")
-    used_memory_mib: NonNegativeInt = Field(default=0, alias="usedMemoryMiB")
+    memory_mib: int = Field(alias="memoryMiB", gt=0, le=MAX_GPU_MEMORY_MIB)
+    used_memory_mib: int = Field(default=0, alias="usedMemoryMiB", ge=0, le=MAX_GPU_MEMORY_MIB)
     healthy: bool = True
-    numa_node: int | None = Field(default=None, alias="numaNode")
+    numa_node: int | None = Field(default=None, alias="numaNode", ge=-1, le=MAX_NUMA_NODE)
     mig: bool = False
 
 
@@ -63,8 +65,8 @@ class InventoryRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     version: Literal[1]
-    units_per_gpu: PositiveInt = Field(alias="unitsPerGpu")
-    gpus: list[GpuRecord]
+    units_per_gpu: int = Field(alias="unitsPerGpu", gt=0, le=MAX_UNITS_PER_GPU)
+    gpus: list[GpuRecord] = Field(max_length=MAX_GPUS_PER_NODE)
     links: list[list[str]] | None = None
 
     @model_validator(mode="after")
@@ -187,11 +189,12 @@ def _from_annotation(name: str, pool: str | None, raw: object, settings: CoreSet
 def _from_gfd(name: str, pool: str | None, labels: Mapping) -> NodeInventory:
     owner = f"node {name}"
     values = {}
-    for label in (GFD_COUNT_LABEL, GFD_MEMORY_LABEL):
-        raw = labels.get(label)
-        if not isinstance(raw, str) or not raw.isdigit() or int(raw) < 1:
-            raise CorruptAnnotation(label, owner, f"label must be a positive whole number, got {raw!r}")
-        values[label] = int(raw)
+    for label, maximum, what in ((GFD_COUNT_LABEL, MAX_GPUS_PER_NODE, "GPUs"),
+                                 (GFD_MEMORY_LABEL, MAX_GPU_MEMORY_MIB, "MiB")):
+        try:
+            values[label] = whole_number(labels.get(label), maximum=maximum, what=what)
+        except ValueError as exc:
+            raise CorruptAnnotation(label, owner, f"label {exc}") from None
     model = labels.get(GFD_PRODUCT_LABEL) or "unknown"
     gpus = tuple(
         GpuInfo(index=i, uuid=None, model=str(model), memory_mib=values[GFD_MEMORY_LABEL], used_memory_mib=0,

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 
 from .errors import InvalidRequest
-from .quantity import parse_integer_quantity
+from .limits import MAX_GPUS_PER_NODE
+from .quantity import parse_integer_quantity, whole_number
 from .settings import (
     GPU_COUNT_ANNOTATION,
     GPU_MODEL_ANNOTATION,
@@ -253,13 +254,10 @@ def _gpu_count(annotations: Mapping, who: str) -> int | None:
     raw = annotations.get(GPU_COUNT_ANNOTATION)
     if raw is None:
         return None
-    field = f"metadata.annotations[{GPU_COUNT_ANNOTATION}]"
-    if not isinstance(raw, str) or not raw.strip().isdigit():
-        raise InvalidRequest(field, f"must be a positive whole number like \"2\", got {raw!r}", pod=who)
-    value = int(raw)
-    if value < 1:
-        raise InvalidRequest(field, f"must be at least 1, got {value}", pod=who)
-    return value
+    try:
+        return whole_number(raw, maximum=MAX_GPUS_PER_NODE, what="GPUs (the most a node may have)")
+    except ValueError as exc:
+        raise InvalidRequest(f"metadata.annotations[{GPU_COUNT_ANNOTATION}]", str(exc), pod=who) from None
 
 
 def _gpu_models(annotations: Mapping, who: str) -> tuple[str, ...] | None:

@@ -1,0 +1,14 @@
+"""The largest values fracgpu accepts from any object or request, each refused with a message naming it.
+
+Kubernetes holds integers as int64 and Go's JSON decoder refuses more, and the ledger keeps its counters in
+int64 numpy arrays: every integer read from the API (quantities, annotations, labels) must fit in one. Beyond
+that, the bounds are what a real GPU node can hold, with room to spare, so that one object cannot make the
+extender allocate or compute without bound.
+"""
+
+MAX_INT64 = 2**63 - 1
+MAX_GPUS_PER_NODE = 64  # the largest NVLink nodes today hold 8 to 16 GPUs
+MAX_GPU_MEMORY_MIB = 2**24  # 16 TiB of memory on one GPU (an H200 has 141 GB)
+MAX_UNITS_PER_GPU = 10**6
+MAX_NUMA_NODE = 1023
+MAX_GPU_INDEX = 1023  # NVML's index of a GPU on its node

@@ -1,0 +1,177 @@
+"""Hostile and careless input: one bad object excludes that object, never the feed; bad requests get a 400 that
+names the field, never a 500; nothing a request carries changes the ledger when it is refused."""
+
+import gzip
+import json
+
+import pytest
+
+from api_helpers import bind_args, filter_args, gpu_node, gpu_pod, post, start
+from extender.core import CoreSettings, parse_pod
+from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
+from extender.core.errors import InvalidRequest
+from extender.core.limits import MAX_GPU_MEMORY_MIB, MAX_GPUS_PER_NODE
+from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION
+
+NODES = [gpu_node("a", gpus=2, memory_mib=16384), gpu_node("b", gpus=2, memory_mib=16384)]
+INT64_OVERFLOW = 2**63
+
+
+def bound(name, node, *, units=10, memory=1000, index=0):
+    pod = gpu_pod(name, units=10)
+    uid = pod["metadata"]["uid"]
+    assignment = Assignment(pod_uid=uid, namespace="default", name=name, node=node, pool=None, policy="binpack",
+                            containers=(ContainerAssignment(name="main", kind="app",
+                                                            gpus=(GpuShare(0, f"GPU-{node}-0", 10, 1000),)),))
+    record = json.loads(to_annotation(assignment))
+    record["containers"][0]["gpus"][0].update(units=units, memoryMiB=memory, index=index)
+    pod["spec"]["nodeName"] = node
+    pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = json.dumps(record)
+    return pod
+
+
+def with_gpus(node, **fields):
+    record = json.loads(node["metadata"]["annotations"][GPUS_ANNOTATION])
+    record["gpus"][0].update(fields)
+    node["metadata"]["annotations"][GPUS_ANNOTATION] = json.dumps(record)
+    return node
+
+
+def gfd_node(name, count, memory="16384"):
+    return {"metadata": {"name": name, "labels": {"nvidia.com/gpu.count": count, "nvidia.com/gpu.memory": memory,
+                                                  "nvidia.com/gpu.product": "Tesla-T4"}, "annotations": {}},
+            "status": {"capacity": {}, "allocatable": {}}}
+
+
+# ---------------------------------------------------------------------------------------------- the cluster feed
+@pytest.mark.parametrize("units, memory", [(INT64_OVERFLOW, 1000), (10, 10**30), (10, -1), (10**7, 1000)])
+async def test_a_huge_integer_in_one_assignment_excludes_that_pod_only(aiohttp_client, units, memory):
+    good = bound("good", "a")
+    client, ext, _ = await start(aiohttp_client, NODES, [bound("bad", "a", units=units, memory=memory), good])
+    assert (await client.get("/readyz")).status == 200
+    inspect = await client.get("/inspect")
+    assert inspect.status == 200
+    gpu = (await inspect.json())["nodes"]["a"][0]
+    assert gpu["pods"] == ["default/good"] and gpu["unitsUsed"] == 10
+    assert any("default/bad" in w and "annotation fracgpu.io/assignment" in w for w in ext.warnings)
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=90), names=["a"]))
+    assert result["NodeNames"] == ["a"]  # the bad pod holds nothing; the good one 10 of GPU 0's 100
+
+
+@pytest.mark.parametrize("fields, names", [({"memoryMiB": 10**30}, "memoryMiB"),
+                                           ({"memoryMiB": INT64_OVERFLOW}, "memoryMiB"),
+                                           ({"usedMemoryMiB": 10**30}, "usedMemoryMiB"),
+                                           ({"index": INT64_OVERFLOW}, "index"),
+                                           ({"numaNode": 10**30}, "numaNode")])
+async def test_a_huge_integer_in_one_inventory_excludes_that_node_only(aiohttp_client, fields, names):
+    client, ext, _ = await start(aiohttp_client, [with_gpus(gpu_node("x", gpus=2), **fields), NODES[1]])
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.get("/inspect")).status == 200
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["x", "b"]))
+    assert result["NodeNames"] == ["b"]
+    assert names in result["FailedAndUnresolvableNodes"]["x"]
+
+
+@pytest.mark.parametrize("count, message", [("²", "positive whole number"), ("٣", "positive whole number"),
+                                            ("5000000", f"at most {MAX_GPUS_PER_NODE} GPUs"),
+                                            ("0", "positive whole number")])
+async def test_a_bad_gpu_count_label_excludes_that_node_only(aiohttp_client, count, message):
+    client, ext, _ = await start(aiohttp_client, [gfd_node("g", count), NODES[1]])
+    assert (await client.get("/readyz")).status == 200
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["g", "b"]))
+    assert result["NodeNames"] == ["b"] and message in result["FailedAndUnresolvableNodes"]["g"]
+
+
+async def test_a_gfd_memory_label_beyond_a_gpu_excludes_the_node(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, [gfd_node("g", "2", memory=str(10**30)), NODES[1]])
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["g", "b"]))
+    assert f"at most {MAX_GPU_MEMORY_MIB}" in result["FailedAndUnresolvableNodes"]["g"]
+
+
+async def test_an_inventory_of_too_many_gpus_excludes_the_node(aiohttp_client):
+    node = gpu_node("many", gpus=1)
+    record = json.loads(node["metadata"]["annotations"][GPUS_ANNOTATION])
+    record["gpus"] = [dict(record["gpus"][0], index=i, uuid=f"GPU-{i}") for i in range(MAX_GPUS_PER_NODE + 1)]
+    node["metadata"]["annotations"][GPUS_ANNOTATION] = json.dumps(record)
+    client, ext, _ = await start(aiohttp_client, [node, NODES[1]])
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["many", "b"]))
+    assert result["NodeNames"] == ["b"] and "gpus" in result["FailedAndUnresolvableNodes"]["many"]
+
+
+# ------------------------------------------------------------------------------------------------ the requests
+@pytest.mark.parametrize("value", ["1e1000000", "1e20", 1e308, INT64_OVERFLOW, "9223372036854775808",
+                                   "99999999999999999999Ei"])
+def test_a_resource_value_beyond_int64_is_an_invalid_request(value):
+    pod = gpu_pod("p", units=10)
+    pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = value
+    with pytest.raises(InvalidRequest, match=r"limits\[fracgpu.io/vgpu\]"):
+        parse_pod(pod, CoreSettings())
+
+
+@pytest.mark.parametrize("count", ["²", "1e3", "-1", str(INT64_OVERFLOW), str(MAX_GPUS_PER_NODE + 1)])
+def test_a_bad_gpu_count_annotation_is_an_invalid_request(count):
+    pod = gpu_pod("p", units=10, gpu_count=1)
+    pod["metadata"]["annotations"]["fracgpu.io/gpu-count"] = count
+    with pytest.raises(InvalidRequest, match=r"fracgpu.io/gpu-count"):
+        parse_pod(pod, CoreSettings())
+
+
+def _hostile_requests():
+    pod = gpu_pod("p", units=10)
+    uid_list = gpu_pod("q", units=10)
+    uid_list["metadata"]["uid"] = ["x"]
+    uid_object = gpu_pod("r", units=10)
+    uid_object["metadata"]["uid"] = {"a": 1}
+    cpu_only = {"metadata": {"name": "c", "namespace": "default", "uid": "uid-c"},
+                "spec": {"containers": [{"name": "main", "resources": {"limits": {"cpu": "1"}}}]}}
+    victim = {"Pods": [{"metadata": {"name": "v", "namespace": "default", "uid": "uid-v"}}], "NumPDBViolations": 0}
+    return [
+        ("filter", {"Pod": uid_list, "NodeNames": ["a"]}, "metadata.uid"),
+        ("filter", {"Pod": uid_object, "NodeNames": ["a"]}, "metadata.uid"),
+        ("filter", {"Pod": pod, "Nodes": {"items": [{"metadata": "x"}]}}, "Nodes.items[0].metadata"),
+        ("prioritize", {"Pod": pod, "Nodes": {"items": ["x"]}}, "Nodes.items[0]"),
+        ("preempt", {"Pod": cpu_only, "NodeNameToVictims": {"a": victim}}, None),
+        ("preempt", {"Pod": pod, "NodeNameToVictims": {"a": {"Pods": [{"metadata": "x"}]}}}, "metadata"),
+        ("preempt", {"Pod": pod, "NodeNameToVictims": {"a": {"Pods": [{"metadata": {"uid": True}}]}}}, "uid"),
+        ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {"a": {"Pods": [{"UID": True}]}}}, "UID"),
+        ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {"a": {"Pods": [], "NumPDBViolations": INT64_OVERFLOW}}},
+         "NumPDBViolations"),
+    ]
+
+
+@pytest.mark.parametrize("verb, body, names", _hostile_requests(), ids=lambda v: str(v)[:40])
+async def test_hostile_requests_get_200_or_a_400_naming_the_field(aiohttp_client, verb, body, names):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    before = ext.ledger.snapshot()
+    response = await client.post(f"/{verb}", data=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert response.status in (200, 400), await response.text()
+    answer = await response.json()
+    if response.status == 400 or names is not None:
+        assert response.status == 400 and names in answer["Error"], answer
+    assert ext.ledger.snapshot() == before
+
+
+async def test_a_gzip_header_on_a_plain_body_is_a_400(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    body = json.dumps(filter_args(gpu_pod("p", units=10), names=["a"])).encode()
+    response = await client.post("/filter", data=body, headers={"Content-Type": "application/json",
+                                                                "Content-Encoding": "gzip"})
+    assert response.status == 400 and "Content-Encoding" in (await response.json())["Error"]
+    response = await client.post("/filter", data=gzip.compress(body),
+                                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status == 200 and (await response.json())["NodeNames"] == ["a"]
+    bomb = gzip.compress(b" " * (2 * 1024 * 1024))  # 2 MiB of spaces in about 2 KiB, over a 1 MiB limit
+    client, ext, _ = await start(aiohttp_client, NODES, max_body_mib=1)
+    response = await client.post("/filter", data=bomb, headers={"Content-Type": "application/json",
+                                                                "Content-Encoding": "gzip"})
+    assert response.status == 413 and "too large" in (await response.json())["Error"]
+
+
+async def test_bind_of_a_pod_with_a_huge_integer_is_refused_and_holds_nothing(aiohttp_client):
+    client, ext, source = await start(aiohttp_client, NODES)
+    pod = gpu_pod("p", units=10)
+    pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu-memory"] = str(INT64_OVERFLOW)
+    source.add_pod(pod)
+    before = ext.ledger.snapshot()
+    answer = await post(client, "bind", bind_args(pod, "a"))
+    assert "vgpu-memory" in answer["Error"] and ext.ledger.snapshot() == before
