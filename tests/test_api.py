@@ -256,7 +256,7 @@ async def test_corrupt_node_annotation_excludes_the_node_with_a_reason(aiohttp_c
     assert any("is not JSON" in w for w in ext.warnings)
 
 
-async def test_a_pod_is_parsed_once_per_version(aiohttp_client, monkeypatch):
+async def test_a_pod_is_parsed_once_per_body(aiohttp_client, monkeypatch):
     from extender.api import service
 
     parsed = []
@@ -267,9 +267,8 @@ async def test_a_pod_is_parsed_once_per_version(aiohttp_client, monkeypatch):
     pod["metadata"]["resourceVersion"] = "41"
     await post(client, "filter", filter_args(pod, names=["a", "b"]))
     await post(client, "prioritize", filter_args(pod, names=["a", "b"]))
-    assert len(parsed) == 1  # the same version: parsed by Filter, reused by Prioritize
-    pod["metadata"]["resourceVersion"] = "42"
-    pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = "150"  # edited since
+    assert len(parsed) == 1  # the same body: parsed by Filter, reused by Prioritize
+    pod["spec"]["containers"][0]["resources"]["limits"]["fracgpu.io/vgpu"] = "150"  # another body, same version
     result = await post(client, "filter", filter_args(pod, names=["a"]))
     assert len(parsed) == 2 and "must be a multiple of 100" in result["FailedAndUnresolvableNodes"]["a"]
 

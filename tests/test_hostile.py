@@ -175,3 +175,22 @@ async def test_bind_of_a_pod_with_a_huge_integer_is_refused_and_holds_nothing(ai
     before = ext.ledger.snapshot()
     answer = await post(client, "bind", bind_args(pod, "a"))
     assert "vgpu-memory" in answer["Error"] and ext.ledger.snapshot() == before
+
+
+async def test_a_forged_filter_body_with_the_pods_uid_and_version_does_not_set_what_bind_charges(aiohttp_client):
+    client, ext, source = await start(aiohttp_client, NODES)
+    real = gpu_pod("p", units=100, memory_mib=8000)
+    real["metadata"]["resourceVersion"] = "7"
+    forged = json.loads(json.dumps(real))
+    forged["spec"]["containers"][0]["resources"]["limits"] = {"fracgpu.io/vgpu": "1", "fracgpu.io/vgpu-memory": "1"}
+    source.add_pod(real)
+    await post(client, "filter", filter_args(forged, names=["a"]))
+    result = await post(client, "filter", filter_args(real, names=["a"]))  # same UID and version, real body
+    assert result["NodeNames"] == ["a"]
+    assert (await post(client, "bind", bind_args(real, "a"))) == {"Error": ""}
+    charged = sorted(g["unitsUsed"] for g in ext.ledger.gpu_table("a"))
+    assert charged == [0, 100]  # the real pod's 100 units, not the forged 1
+    other = gpu_pod("o", units=100)  # and the other GPU is all that is left
+    assert (await post(client, "filter", filter_args(other, names=["a"])))["NodeNames"] == ["a"]
+    third = gpu_pod("t", units=200)
+    assert (await post(client, "filter", filter_args(third, names=["a"])))["NodeNames"] == []

@@ -7,6 +7,7 @@ without an ``await`` in between, so concurrent binds can never both take the sam
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
+import orjson
 
 from ..core import (
     Assignment,
@@ -60,8 +62,7 @@ class BadRequest(ValueError):
 
 @dataclass
 class _Seen:
-    pod: dict
-    version: str | None
+    digest: bytes | None  # of the pod body parsed: a request for the same UID with another body is parsed again
     request: PodRequest | None
     error: str | None
     at: float
@@ -333,14 +334,14 @@ class Extender:
         if not isinstance(pod, dict):
             raise BadRequest("Pod must be an object")
         metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
-        uid, version = metadata.get("uid"), metadata.get("resourceVersion")
-        for field, value in (("uid", uid), ("resourceVersion", version)):
-            if value is not None and not isinstance(value, str):
-                raise BadRequest(f"Pod.metadata.{field} must be a string, got {type(value).__name__}")
+        uid = metadata.get("uid")
+        if uid is not None and not isinstance(uid, str):
+            raise BadRequest(f"Pod.metadata.uid must be a string, got {type(uid).__name__}")
         seen = self._seen.get(uid) if uid else None
-        # Prioritize gets the pod Filter just parsed, as a new dict: the same UID and resourceVersion mean the
-        # same pod object in the API server, so it is not parsed again.
-        if seen is not None and (seen.pod is pod or (version is not None and version == seen.version)):
+        # Prioritize gets the pod Filter just parsed, as a new dict: the same body is not parsed again. The
+        # body's digest, not its UID and resourceVersion, decides: a client can send any UID and version.
+        digest = _digest(pod)
+        if seen is not None and digest is not None and digest == seen.digest:
             return seen.request, seen.error
         request, error = None, None
         try:
@@ -353,7 +354,7 @@ class Extender:
         except InvalidRequest as exc:
             error = f"fracgpu: {exc}"
         if uid:
-            self._seen[uid] = _Seen(pod, version, request, error, self.clock())
+            self._seen[uid] = _Seen(digest, request, error, self.clock())
             self._seen.move_to_end(uid)
             self._expire()
         return request, error
@@ -366,16 +367,19 @@ class Extender:
             self._seen.popitem(last=False)
 
     async def _request_for_bind(self, args: ExtenderBindingArgs) -> tuple[PodRequest | None, str | None]:
+        """What the pod asks for, as the cluster holds it: the feed's copy, else the source's (the API server's).
+        Only a pod the cluster does not hold at all is bound as the scheduler's Filter described it (static mode,
+        a dry run); in live mode such a Binding fails at the API server."""
         who = f"pod {args.pod_namespace}/{args.pod_name}"
-        seen = self._seen.get(args.pod_uid)
-        if seen is None:
-            pod = self._pods.get(args.pod_uid) or await self.source.get_pod(args.pod_namespace, args.pod_name)
-            if pod is None:
+        pod = self._pods.get(args.pod_uid) or await self.source.get_pod(args.pod_namespace, args.pod_name)
+        if pod is None:
+            seen = self._seen.get(args.pod_uid)
+            if seen is None:
                 return None, f"{who} ({args.pod_uid}) not found"
-            if (pod.get("metadata") or {}).get("uid") != args.pod_uid:
-                return None, f"{who}: UID {args.pod_uid} is not the pod's ({pod.get('metadata', {}).get('uid')})"
-            return self._remember(pod)
-        return seen.request, seen.error
+            return seen.request, seen.error
+        if (pod.get("metadata") or {}).get("uid") != args.pod_uid:
+            return None, f"{who}: UID {args.pod_uid} is not the pod's ({pod.get('metadata', {}).get('uid')})"
+        return self._remember(pod)
 
     def _policy(self, request: PodRequest) -> Policy:
         name = request.policy or self.settings.policy
@@ -437,6 +441,14 @@ class Extender:
         self.metrics.decisions.labels("bind", "failed").inc()
         log.warning("%s", message)
         return ExtenderBindingResult(error=message)
+
+
+def _digest(pod: dict) -> bytes | None:
+    """A digest of a pod body (keys sorted); None for a body that is not plain JSON data."""
+    try:
+        return hashlib.blake2b(orjson.dumps(pod, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    except TypeError:
+        return None
 
 
 def _utc_now() -> str:
