@@ -29,13 +29,16 @@ async def test_filter_with_node_names(aiohttp_client):
 
 
 async def test_filter_with_full_nodes(aiohttp_client):
-    # nodeCacheCapable: false — whole Node objects come in, and the fitting ones go back
-    client, ext, _ = await start(aiohttp_client, [])
+    # nodeCacheCapable: false — whole Node objects come in, and the fitting ones go back; what they say of
+    # their GPUs is not read: the inventory is the feed's
     fresh = gpu_node("fresh", gpus=1, memory_mib=8000)
-    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), nodes=[fresh, NODES[2]]))
+    client, ext, _ = await start(aiohttp_client, [fresh, NODES[2]])
+    unknown = gpu_node("unknown", gpus=8)
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=10), nodes=[fresh, NODES[2], unknown]))
     assert [n["metadata"]["name"] for n in result["Nodes"]["items"]] == ["fresh"]
     assert result["Nodes"]["items"][0] == fresh and result["NodeNames"] is None
     assert "t" in result["FailedAndUnresolvableNodes"]
+    assert "no GPU inventory" in result["FailedAndUnresolvableNodes"]["unknown"]
 
 
 async def test_prioritize_scores_by_policy_and_annotation(aiohttp_client):

@@ -194,3 +194,19 @@ async def test_a_forged_filter_body_with_the_pods_uid_and_version_does_not_set_w
     assert (await post(client, "filter", filter_args(other, names=["a"])))["NodeNames"] == ["a"]
     third = gpu_pod("t", units=200)
     assert (await post(client, "filter", filter_args(third, names=["a"])))["NodeNames"] == []
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize"])
+async def test_node_objects_in_a_request_never_write_the_ledger(aiohttp_client, verb):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    before = ext.ledger.snapshot()
+    bare = {"metadata": {"name": "a", "annotations": {}}}  # node a with no inventory at all
+    huge = gpu_node("b", gpus=8, memory_mib=2**20)  # node b claiming 8 x 1 TiB
+    strangers = [gpu_node(f"injected-{i}", gpus=1) for i in range(200)]
+    answer = await post(client, verb, filter_args(gpu_pod("p", units=10), nodes=[bare, huge, *strangers]))
+    assert ext.ledger.snapshot() == before and ext.ledger.node_names() == ["a", "b"]
+    if verb == "filter":
+        assert [n["metadata"]["name"] for n in answer["Nodes"]["items"]] == ["a", "b"]
+        assert len(answer["FailedAndUnresolvableNodes"]) == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "injected-" not in metrics

@@ -36,7 +36,7 @@ from ..core.ledger import Ledger
 from ..core.evaluation import Evaluation
 from ..core.policies import POLICIES, Policy
 from ..core.workload import RecentShapes, pod_shape
-from ..core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POLICY_ANNOTATION
+from ..core.settings import ASSIGNMENT_ANNOTATION, POLICY_ANNOTATION
 from .metrics import Metrics
 from .settings import ExtenderSettings
 from .source import BindError, ClusterSource
@@ -84,7 +84,6 @@ class Extender:
         self._recent = RecentShapes(self.settings.fgd_window, units_per_gpu=self.core.units_per_gpu)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._pods: dict[str, dict] = {}  # uid -> pod, for bind lookups and preemption priorities
-        self._node_raw: dict[str, object] = {}  # node -> last inventory annotation read (non-cache mode)
         # Filter's recent evaluations by pod UID, for Prioritize of the same cycle; a few, so that cycles that
         # overlap (several scheduler profiles or replicas) still find theirs. Reused only for an equal request
         # (the pod not edited since) while the ledger is unchanged.
@@ -92,13 +91,10 @@ class Extender:
 
     # ------------------------------------------------------------------ cluster feed (ClusterSink)
     def on_node(self, node: Mapping) -> None:
-        name = (node.get("metadata") or {}).get("name")
-        self._node_raw[name] = ((node.get("metadata") or {}).get("annotations") or {}).get(GPUS_ANNOTATION)
         self._feed(load_node, node)
 
     def on_node_deleted(self, name: str) -> None:
         self.ledger.remove_node(name)
-        self._node_raw.pop(name, None)
 
     def on_pod(self, pod: Mapping) -> None:
         uid = (pod.get("metadata") or {}).get("uid") or ""
@@ -307,13 +303,7 @@ class Extender:
                 name = metadata.get("name")
                 if not isinstance(name, str) or not name:
                     raise BadRequest(f"{where}.metadata.name is missing")
-                annotations = metadata.get("annotations") or {}
-                if not isinstance(annotations, dict):
-                    raise BadRequest(f"{where}.metadata.annotations must be an object")
-                raw = annotations.get(GPUS_ANNOTATION)
-                if self._node_raw.get(name, ...) != raw:  # only re-read an inventory that changed
-                    self.on_node(node)
-                names.append(name)
+                names.append(name)  # the inventory comes from the feed: a request body never writes the ledger
             return names, items
         raise BadRequest("the request names no candidate nodes (neither NodeNames nor Nodes)")
 
