@@ -3,6 +3,7 @@ names the field, never a 500; nothing a request carries changes the ledger when 
 
 import gzip
 import json
+import time
 
 import pytest
 
@@ -10,7 +11,8 @@ from api_helpers import bind_args, filter_args, gpu_node, gpu_pod, post, start
 from extender.core import CoreSettings, parse_pod
 from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
 from extender.core.errors import InvalidRequest
-from extender.core.limits import MAX_GPU_MEMORY_MIB, MAX_GPUS_PER_NODE
+from extender.core.limits import (MAX_CANDIDATES, MAX_GPU_CONTAINERS_PER_POD, MAX_GPU_MEMORY_MIB, MAX_GPUS_PER_NODE,
+                                  MAX_VICTIMS)
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION
 
 NODES = [gpu_node("a", gpus=2, memory_mib=16384), gpu_node("b", gpus=2, memory_mib=16384)]
@@ -210,3 +212,51 @@ async def test_node_objects_in_a_request_never_write_the_ledger(aiohttp_client, 
         assert len(answer["FailedAndUnresolvableNodes"]) == 200
     metrics = await (await client.get("/metrics")).text()
     assert "injected-" not in metrics
+
+
+# ------------------------------------------------------------------------- requests that would block the loop
+# Each is refused by a limit or answered quickly; the time bounds are hang guards (these took 2-7 s), far above
+# what the answers take (milliseconds), not speed targets.
+def test_a_pod_with_more_gpu_containers_than_the_limit_is_an_invalid_request():
+    many = [{"name": f"c{i}", "resources": {"limits": {"fracgpu.io/vgpu": "1"}}} for i in range(999)]
+    pod = gpu_pod("p", units=1, extra_containers=many)
+    with pytest.raises(InvalidRequest, match=f"1000 containers ask for fracgpu.io/vgpu; at most "
+                                             f"{MAX_GPU_CONTAINERS_PER_POD}"):
+        parse_pod(pod, CoreSettings())
+    pod = gpu_pod("p", units=1, extra_containers=many[:MAX_GPU_CONTAINERS_PER_POD - 1])
+    assert len(parse_pod(pod, CoreSettings()).containers) == MAX_GPU_CONTAINERS_PER_POD
+
+
+async def test_two_eight_gpu_containers_on_a_sixteen_gpu_nvlink_node_are_placed_at_once(aiohttp_client):
+    links = [["X" if i == j else "NV18" for j in range(16)] for i in range(16)]
+    client, ext, source = await start(aiohttp_client, [gpu_node("big", gpus=16, links=links)])
+    second = {"name": "second", "resources": {"limits": {"fracgpu.io/vgpu": "800"}}}
+    pod = gpu_pod("p", units=800, gpu_count=8, extra_containers=[second])
+    source.add_pod(pod)
+    start_time = time.perf_counter()
+    assert (await post(client, "filter", filter_args(pod, names=["big"])))["NodeNames"] == ["big"]
+    assert (await post(client, "bind", bind_args(pod, "big"))) == {"Error": ""}
+    assert time.perf_counter() - start_time < 5
+    assert sorted(g["unitsUsed"] for g in ext.ledger.gpu_table("big")) == [100] * 16
+
+
+async def test_victims_and_node_names_beyond_the_limits_are_a_400(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    pod = gpu_pod("p", units=10)
+    names = [f"n{i}" for i in range(MAX_CANDIDATES + 1)]
+    answer = await post(client, "filter", {"Pod": pod, "NodeNames": names}, status=400)
+    assert "NodeNames" in answer["Error"] and str(MAX_CANDIDATES) in answer["Error"]
+    victims = {"a": {"Pods": [{"UID": f"u{i}"} for i in range(MAX_VICTIMS + 1)]}}
+    answer = await post(client, "preempt", {"Pod": pod, "NodeNameToMetaVictims": victims}, status=400)
+    assert "Pods" in answer["Error"] and str(MAX_VICTIMS) in answer["Error"]
+
+
+async def test_preempt_with_the_most_victims_allowed_answers_quickly(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES, [bound("holder", "a", units=100, memory=16000)])
+    pod = gpu_pod("p", units=200)  # both GPUs of node a: the holder of GPU 0 must go
+    victims = [{"UID": f"u{i}"} for i in range(MAX_VICTIMS - 1)] + [{"UID": "uid-default-holder"}]
+    start_time = time.perf_counter()
+    answer = await post(client, "preempt", {"Pod": pod, "NodeNameToMetaVictims": {"a": {"Pods": victims}}})
+    assert time.perf_counter() - start_time < 5
+    kept = [p["UID"] for p in answer["NodeNameToMetaVictims"]["a"]["Pods"]]
+    assert "uid-default-holder" in kept and len(kept) == MAX_VICTIMS  # others hold no GPUs here: kept as proposed

@@ -31,6 +31,7 @@ from ..core import (
     place,
     to_annotation,
 )
+from ..core.limits import MAX_CANDIDATES
 from ..core.loading import LoadReport, load_node, load_pod
 from ..core.ledger import Ledger
 from ..core.evaluation import Evaluation
@@ -250,7 +251,7 @@ class Extender:
         notes = []
         for node, (uids, violations) in sorted(proposed.items()):
             on_gpus = [u for u in uids if (a := self.ledger.assignment(u)) is not None and a.node == node]
-            others = [u for u in uids if u not in on_gpus]
+            others = set(uids).difference(on_gpus)
             with self.ledger.without(on_gpus):
                 if not self._fits(request, node, policy):
                     self.metrics.decisions.labels("preempt", "node-dropped").inc()
@@ -262,7 +263,8 @@ class Extender:
                 with self.ledger.without(trial):
                     if self._fits(request, node, policy):
                         needed = trial
-            keep = [u for u in uids if u in others or u in needed] or list(uids)
+            kept = others.union(needed)
+            keep = [u for u in uids if u in kept] or list(uids)
             answer[node] = MetaVictims(pods=[MetaPod(uid=u) for u in keep], num_pdb_violations=violations)
             self.metrics.decisions.labels("preempt", "node-kept").inc()
             notes.append(f"{node} victims [{', '.join(self._pod_name(u) for u in keep)}]"
@@ -294,6 +296,8 @@ class Extender:
             items = args.nodes.get("items") if isinstance(args.nodes, dict) else None
             if not isinstance(items, list):
                 raise BadRequest("Nodes must be a NodeList with items")
+            if len(items) > MAX_CANDIDATES:
+                raise BadRequest(f"Nodes.items names {len(items)} nodes; at most {MAX_CANDIDATES} may be")
             names = []
             for position, node in enumerate(items):
                 where = f"Nodes.items[{position}]"

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
-from ..core.limits import MAX_INT64
+from ..core.limits import MAX_CANDIDATES, MAX_INT64, MAX_VICTIMS
 
 MAX_EXTENDER_PRIORITY = 10
 
@@ -64,7 +64,7 @@ def encode_priorities(pairs: list[tuple[str, int]]) -> bytes:
 class ExtenderArgs(WireModel):
     pod: dict | None = Field(default=None, alias="Pod")
     nodes: dict | None = Field(default=None, alias="Nodes")
-    node_names: list[str] | None = Field(default=None, alias="NodeNames")
+    node_names: list[str] | None = Field(default=None, alias="NodeNames", max_length=MAX_CANDIDATES)
 
 
 class ExtenderFilterResult(WireModel):
@@ -104,12 +104,12 @@ class MetaPod(WireModel):
 
 
 class MetaVictims(WireModel):
-    pods: list[MetaPod] | None = Field(default=None, alias="Pods")
+    pods: list[MetaPod] | None = Field(default=None, alias="Pods", max_length=MAX_VICTIMS)
     num_pdb_violations: int = Field(default=0, alias="NumPDBViolations", ge=0, le=MAX_INT64)  # Go's int64
 
 
 class Victims(WireModel):
-    pods: list[dict] | None = Field(default=None, alias="Pods")
+    pods: list[dict] | None = Field(default=None, alias="Pods", max_length=MAX_VICTIMS)
     num_pdb_violations: int = Field(default=0, alias="NumPDBViolations", ge=0, le=MAX_INT64)
 
 

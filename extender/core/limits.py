@@ -12,3 +12,6 @@ MAX_GPU_MEMORY_MIB = 2**24  # 16 TiB of memory on one GPU (an H200 has 141 GB)
 MAX_UNITS_PER_GPU = 10**6
 MAX_NUMA_NODE = 1023
 MAX_GPU_INDEX = 1023  # NVML's index of a GPU on its node
+MAX_GPU_CONTAINERS_PER_POD = 16  # containers of one pod that ask for GPUs (init containers and sidecars too)
+MAX_CANDIDATES = 100_000  # nodes named in one request; the largest clusters run have about 65,000
+MAX_VICTIMS = 10_000  # victim pods proposed for one node; kubelet runs at most a few hundred pods a node

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 
 from .errors import InvalidRequest
-from .limits import MAX_GPUS_PER_NODE
+from .limits import MAX_GPU_CONTAINERS_PER_POD, MAX_GPUS_PER_NODE
 from .quantity import parse_integer_quantity, whole_number
 from .settings import (
     GPU_COUNT_ANNOTATION,
@@ -159,6 +159,9 @@ def parse_pod(pod: Mapping, settings: CoreSettings) -> PodRequest:
                 containers.append(need)
                 kinds.append(kind)
 
+    if len(containers) > MAX_GPU_CONTAINERS_PER_POD:
+        raise InvalidRequest("spec", f"{len(containers)} containers ask for {settings.vgpu_resource}; at most "
+                             f"{MAX_GPU_CONTAINERS_PER_POD} containers of a pod may", pod=who)
     pool = None
     if settings.pools_enabled:
         pool = _string(labels.get(POOL_LABEL), f"metadata.labels[{POOL_LABEL}]", who) or None
