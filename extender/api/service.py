@@ -404,7 +404,6 @@ class Extender:
                     if not isinstance(uid, str) or not uid:
                         raise BadRequest(f"NodeNameToVictims[{node}].Pods[{position}].metadata.uid must be a "
                                          f"non-empty string")
-                    self._pods.setdefault(uid, pod)
                     uids.append(uid)
                 out[node] = (uids, victims.num_pdb_violations)
         return out
