@@ -3,6 +3,7 @@ names the field, never a 500; nothing a request carries changes the ledger when 
 
 import gzip
 import json
+import logging
 import time
 
 import pytest
@@ -260,3 +261,36 @@ async def test_preempt_with_the_most_victims_allowed_answers_quickly(aiohttp_cli
     assert time.perf_counter() - start_time < 5
     kept = [p["UID"] for p in answer["NodeNameToMetaVictims"]["a"]["Pods"]]
     assert "uid-default-holder" in kept and len(kept) == MAX_VICTIMS  # others hold no GPUs here: kept as proposed
+
+
+# --------------------------------------------------------------------------------------------------- the log
+def test_a_log_record_is_one_bounded_line_whatever_it_carries():
+    from extender.logs import FORMAT, OneLineFormatter
+    formatter = OneLineFormatter(FORMAT)
+
+    def line(message, *args):
+        return formatter.format(logging.LogRecord("fracgpu", logging.INFO, __file__, 1, message, args, None))
+
+    forged = line("bound pod %s", "p\n2026-12-03 00:00:00 INFO fracgpu bound pod admin\x1b[2J")
+    assert "\n" not in forged and "\\n2026-12-03" in forged and "\\x1b[2J" in forged
+    huge = line("bind of %s failed", "x" * (10 * 1024 * 1024))
+    assert len(huge) < 5000 and "more characters" in huge
+
+
+async def test_bind_names_are_kubernetes_names(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    for field, value in (("PodName", "p\nINFO forged"), ("PodName", "x" * 300), ("PodNamespace", "Default"),
+                         ("Node", "a b"), ("PodUID", "u id")):
+        args = bind_args(gpu_pod("p", units=10), "a") | {field: value}
+        answer = await post(client, "bind", args, status=400)
+        assert f"ExtenderBindingArgs.{field}" in answer["Error"] and "\n" not in answer["Error"].split(":", 1)[0]
+
+
+async def test_preempt_victims_are_not_kept_after_the_answer(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    held = len(ext._pods)
+    victims = {"a": {"Pods": [{"metadata": {"name": f"v{i}", "namespace": "default", "uid": f"uid-v{i}"},
+                                "spec": {"priority": i, "containers": [{"name": "c", "image": "x" * 1000}]}}
+                               for i in range(200)]}}
+    await post(client, "preempt", {"Pod": gpu_pod("p", units=10), "NodeNameToVictims": victims})
+    assert len(ext._pods) == held

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from .. import logs
 from ..core.settings import CoreSettings
 from .inventory import read_inventory
 from .publish import KubeNodeApi, Publisher, PublishSettings, describe_api_error
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(args.log_level)
     if not args.node_name:
         print("fracgpu-agent: no node name: pass --node-name or set NODE_NAME (the DaemonSet sets it from "
               "spec.nodeName)", file=sys.stderr)

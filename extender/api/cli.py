@@ -7,13 +7,13 @@ setting stops the process at start with a message that names it (exit status 2).
 from __future__ import annotations
 
 import argparse
-import logging
 import ssl
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from .. import logs
 from .settings import ExtenderSettings, SettingsError, load_settings
 from .static import ClusterFileError
 
@@ -58,7 +58,7 @@ def ssl_context(settings: ExtenderSettings) -> ssl.SSLContext | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(args.log_level)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "log_level")}
     if flags.get("pools") is not None:
         flags["pools"] = bool(flags["pools"])

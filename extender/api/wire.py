@@ -88,11 +88,18 @@ class HostPriorityList(RootModel[list[HostPriority]]):
         return orjson.dumps(self.to_wire())
 
 
+# Kubernetes object names (DNS-1123 subdomains; a namespace is a DNS-1123 label) and UIDs as the API server
+# issues them: what a Binding carries is written to the log and into error messages, so nothing else is taken.
+_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_UID = r"^[!-~]+$"  # printable ASCII without spaces
+
+
 class ExtenderBindingArgs(WireModel):
-    pod_name: str = Field(alias="PodName")
-    pod_namespace: str = Field(alias="PodNamespace")
-    pod_uid: str = Field(alias="PodUID")
-    node: str = Field(alias="Node")
+    pod_name: str = Field(alias="PodName", max_length=253, pattern=_SUBDOMAIN)
+    pod_namespace: str = Field(alias="PodNamespace", max_length=63, pattern=_LABEL)
+    pod_uid: str = Field(alias="PodUID", max_length=128, pattern=_UID)
+    node: str = Field(alias="Node", max_length=253, pattern=_SUBDOMAIN)
 
 
 class ExtenderBindingResult(WireModel):
