@@ -294,3 +294,21 @@ async def test_preempt_victims_are_not_kept_after_the_answer(aiohttp_client):
                                for i in range(200)]}}
     await post(client, "preempt", {"Pod": gpu_pod("p", units=10), "NodeNameToVictims": victims})
     assert len(ext._pods) == held
+
+
+async def test_unknown_paths_and_methods_are_answered_in_the_protocols_json(aiohttp_client):
+    client, ext, _ = await start(aiohttp_client, NODES)
+    missing = await client.post("/filterr", data=b"{}")
+    assert missing.status == 404 and "Not Found: POST /filterr" in (await missing.json())["Error"]
+    wrong = await client.get("/filter")
+    assert wrong.status == 405 and "allowed: POST" in (await wrong.json())["Error"]
+
+
+async def test_static_mode_binds_a_pod_it_saw_only_in_filter(aiohttp_client):
+    client, ext, source = await start(aiohttp_client, NODES)
+    pod = gpu_pod("dry-run", units=30)  # not in the cluster file: a simulated scheduler's pod
+    assert (await post(client, "filter", filter_args(pod, names=["a"])))["NodeNames"] == ["a"]
+    assert (await post(client, "bind", bind_args(pod, "a"))) == {"Error": ""}
+    assert ext.ledger.assignment(pod["metadata"]["uid"]).node == "a"
+    assert source.pods[("default", "dry-run")]["spec"]["nodeName"] == "a"
+    assert (await post(client, "bind", bind_args(pod, "a"))) == {"Error": ""}  # a retry: already bound there

@@ -102,9 +102,13 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge as exc:
         status = 413
         return _error(f"{verb}: request body too large ({exc.text}); raise max_body_mib if this is real", 413)
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # 404, 405 and friends: in the protocol's JSON too
         status = exc.status
-        raise
+        if status < 400:
+            raise
+        allowed = exc.headers.get("Allow")
+        detail = f" (allowed: {allowed})" if allowed else ""
+        return _error(f"{verb}: {exc.reason}: {request.method} {request.path[:200]}{detail}", status)
     except Exception as exc:  # a fault of ours: say so, keep serving
         log.exception("%s failed", verb)
         return _error(f"{verb}: internal error: {type(exc).__name__}: {exc}", 500)
