@@ -85,7 +85,9 @@ class StaticCluster:
 
     async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         pod = self.pods.get((namespace, name))
-        if pod is None or (uid and pod["metadata"].get("uid") != uid):
+        if pod is None:  # a dry run: the scheduler places pods the file does not hold; record the binding
+            pod = self.pods[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace, "uid": uid}}
+        if uid and pod["metadata"].get("uid") != uid:
             raise BindError(f"pod {namespace}/{name} ({uid}) not found", conflict=True)
         bound = (pod.get("spec") or {}).get("nodeName")
         if bound:
