@@ -312,3 +312,16 @@ async def test_static_mode_binds_a_pod_it_saw_only_in_filter(aiohttp_client):
     assert ext.ledger.assignment(pod["metadata"]["uid"]).node == "a"
     assert source.pods[("default", "dry-run")]["spec"]["nodeName"] == "a"
     assert (await post(client, "bind", bind_args(pod, "a"))) == {"Error": ""}  # a retry: already bound there
+
+
+async def test_static_mode_excludes_poisoned_objects_and_places_the_rest(aiohttp_client):
+    from test_live import _poisoned_feed
+
+    nodes, pods, events = _poisoned_feed()
+    client, ext, _ = await start(aiohttp_client, nodes, pods + [e["object"] for e in events])
+    assert (await client.get("/readyz")).status == 200
+    inspect = await (await client.get("/inspect")).json()
+    assert list(inspect["nodes"]) == ["good"] and {"huge", "gfd"} <= set(inspect["excludedNodes"])
+    assert inspect["nodes"]["good"][0]["pods"] == ["default/good-pod", "default/late"]
+    result = await post(client, "filter", filter_args(gpu_pod("new", units=50), names=["good", "huge", "gfd"]))
+    assert result["NodeNames"] == ["good"]

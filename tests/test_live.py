@@ -163,3 +163,64 @@ async def test_bind_posts_a_uid_guarded_binding_with_the_annotation(aiohttp_serv
         await live.bind(namespace="ns", name="taken", uid="u-2", node="n1", annotations={})
     assert error.value.conflict and str(error.value) == "409 Conflict: pod taken is already assigned to node n0"
     await live.close()
+
+def _poisoned_feed():
+    """A cluster feed where some objects are bad: each must be excluded with its reason, the rest placed."""
+    import json
+
+    good_node = gpu_node("good", gpus=2, memory_mib=16000)
+    huge = gpu_node("huge", gpus=1)
+    record = json.loads(huge["metadata"]["annotations"]["fracgpu.io/gpus"])
+    record["gpus"][0]["memoryMiB"] = 10**30
+    huge["metadata"]["annotations"]["fracgpu.io/gpus"] = json.dumps(record)
+    gfd = {"metadata": {"name": "gfd", "labels": {"nvidia.com/gpu.count": "²", "nvidia.com/gpu.memory": "16384"}}}
+    shapeless = {"metadata": "not an object"}
+    good_pod = bound(gpu_pod("good-pod", units=20), "good", 20)
+    big = bound(gpu_pod("big-int", units=10), "good", 10)
+    assignment = json.loads(big["metadata"]["annotations"][ASSIGNMENT_ANNOTATION])
+    assignment["containers"][0]["gpus"][0]["units"] = 2**63
+    big["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = json.dumps(assignment)
+    corrupt = bound(gpu_pod("corrupt", units=10), "good", 10)
+    corrupt["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = "{not json"
+    odd_uid = gpu_pod("odd-uid", units=10)
+    odd_uid["metadata"]["uid"] = ["a", "list"]
+    late = bound(gpu_pod("late", units=30), "good", 30)
+    late_bad = bound(gpu_pod("late-bad", units=10), "good", 10)
+    late_bad["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = json.dumps(assignment | {"podUID": "uid-x"})
+    return (
+        [good_node, huge, gfd, shapeless],
+        [good_pod, big, corrupt, odd_uid],
+        [{"type": "ADDED", "object": late}, {"type": "ADDED", "object": late_bad},
+         {"type": "MODIFIED", "object": {"metadata": 5}}, {"type": "ADDED", "object": "a string"}],
+    )
+
+
+@pytest.mark.parametrize("start", ["first", "restart"])
+async def test_poisoned_objects_are_excluded_and_the_rest_of_the_feed_is_placed(start):
+    nodes, pods, events = _poisoned_feed()
+    api = FakeApi(lists={"nodes": [listing(nodes, "5")], "pods": [listing(pods, "7")]},
+                  watches={"nodes": [Response(lines=[], hold=0.05)],
+                           "pods": [Response(lines=events if start == "first" else [], hold=0.05)]})
+    if start == "restart":  # the late pods are already in the list a restarted extender reads
+        api.lists["pods"] = [listing(pods + [e["object"] for e in events], "9")]
+    extender = Extender(load_settings(env={}), LiveCluster(api, RestClient("http://127.0.0.1:1"), backoff=(0.01, 0.02)))
+    task = asyncio.create_task(extender.source.run(extender))
+    try:
+        await wait_for(lambda: extender.synced and extender.ledger.gpu_table("good")[0]["unitsUsed"] == 50)
+        assert extender.ledger.node_names() == ["good"]
+        assert {"huge", "gfd"} <= set(extender.ledger.problems())
+        assert "memoryMiB" in extender.ledger.problems()["huge"] and "gpu.count" in extender.ledger.problems()["gfd"]
+        table = extender.ledger.gpu_table("good")[0]
+        assert table["pods"] == ["default/good-pod", "default/late"]
+        warnings = "\n".join(extender.warnings)
+        for name in ("big-int", "corrupt", "late-bad"):
+            assert f"default/{name}" in warnings
+        pod = gpu_pod("new", units=50)
+        evaluation_args = {"Pod": pod, "NodeNames": ["good", "huge", "gfd"]}
+        from extender.api.wire import ExtenderArgs
+        result = extender.filter(ExtenderArgs.model_validate(evaluation_args))
+        assert result.node_names == ["good"] and set(result.failed_and_unresolvable_nodes) == {"huge", "gfd"}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -40,7 +40,7 @@ from ..core.workload import RecentShapes, pod_shape
 from ..core.settings import ASSIGNMENT_ANNOTATION, POLICY_ANNOTATION
 from .metrics import Metrics
 from .settings import ExtenderSettings
-from .source import BindError, ClusterSource
+from .source import BindError, ClusterSource, object_key
 from .wire import (
     MAX_EXTENDER_PRIORITY,
     ExtenderArgs,
@@ -98,14 +98,18 @@ class Extender:
         self.ledger.remove_node(name)
 
     def on_pod(self, pod: Mapping) -> None:
-        uid = (pod.get("metadata") or {}).get("uid") or ""
-        if uid:
-            self._pods[uid] = pod
+        uid = object_key(pod, "uid", "pods")
+        if uid is None:
+            return
+        self._pods[uid] = pod
         self._feed(load_pod, pod)
 
     def _feed(self, loader: Callable, obj: Mapping) -> None:
         report = LoadReport()
-        loader(self.ledger, obj, report)
+        try:
+            loader(self.ledger, obj, report)
+        except Exception as exc:  # noqa: BLE001 - a fault in one object's data: skip it, never stop the feed
+            report.warnings.append(f"an object was skipped: {type(exc).__name__}: {exc}")
         for warning in report.warnings:
             log.warning("%s", warning)
             self.warnings.append(warning)

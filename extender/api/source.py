@@ -7,7 +7,24 @@ Both feed the same :class:`ClusterSink`, which is how the ledger is kept current
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Protocol
+
+from .. import logs
+
+log = logging.getLogger("fracgpu.feed")
+
+
+def object_key(obj: object, field: str, kind: str) -> str | None:
+    """``metadata.<field>`` of a cluster object (``name`` of a node, ``uid`` of a pod), or None, with a warning,
+    for an object without one as a non-empty string: such an object is skipped, and the feed goes on."""
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    key = metadata.get(field) if isinstance(metadata, Mapping) else None
+    if isinstance(key, str) and key:
+        return key
+    log.warning("%s: an object without a string metadata.%s was skipped: %s", kind, field,
+                logs.escape(repr(obj), 200))
+    return None
 
 
 class BindError(Exception):

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from .source import BindError, ClusterSink
+from .source import BindError, ClusterSink, object_key
 
 
 class ClusterFileError(ValueError):
@@ -50,8 +50,12 @@ def read_cluster_file(path: Path) -> tuple[list[dict], list[dict]]:
 
 class StaticCluster:
     def __init__(self, nodes: list[dict], pods: list[dict]) -> None:
-        self.nodes = {n["metadata"]["name"]: n for n in nodes}
-        self.pods = {(p["metadata"].get("namespace") or "default", p["metadata"]["name"]): p for p in pods}
+        self.nodes = {name: n for n in nodes if (name := object_key(n, "name", "nodes")) is not None}
+        self.pods = {}
+        for pod in pods:
+            name = object_key(pod, "name", "pods")
+            if name is not None:
+                self.pods[(pod["metadata"].get("namespace") or "default", name)] = pod
         self._sink: ClusterSink | None = None
 
     @classmethod

@@ -22,7 +22,7 @@ import orjson
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..api.source import BindError, ClusterSink
+from ..api.source import BindError, ClusterSink, object_key
 from .config import kube_configuration
 from .rest import RestClient, status_message
 
@@ -66,10 +66,9 @@ class LiveCluster:
             await listed["pods"].wait()
             sink.on_synced()
 
-        nodes = _Kind("nodes", self.api.list_node, lambda o: o["metadata"]["name"],
-                      lambda o: sink.on_node(o), lambda k, o: sink.on_node_deleted(k))
-        pods = _Kind("pods", self.api.list_pod_for_all_namespaces, lambda o: o["metadata"].get("uid") or "",
-                     lambda o: sink.on_pod(o), lambda k, o: sink.on_pod_deleted(o))
+        nodes = _Kind("nodes", self.api.list_node, "name", sink.on_node, lambda k, o: sink.on_node_deleted(k))
+        pods = _Kind("pods", self.api.list_pod_for_all_namespaces, "uid", sink.on_pod,
+                     lambda k, o: sink.on_pod_deleted(o))
         try:
             await asyncio.gather(self._informer(nodes, listed["nodes"]), self._informer(pods, listed["pods"]),
                                  announce())
@@ -100,8 +99,10 @@ class LiveCluster:
         data = orjson.loads(response.data)
         seen = {}
         for item in data.get("items") or []:
-            seen[kind.key(item)] = item
-            kind.upsert(item)
+            key = kind.key(item)
+            if key is not None:
+                seen[key] = item
+                kind.upsert(item)
         for key in set(kind.known) - set(seen):  # deleted while we were not watching
             kind.delete(key, kind.known[key])
         kind.known = seen
@@ -143,7 +144,12 @@ class LiveCluster:
                 if what == "error":
                     raise payload
                 event = orjson.loads(payload)
+                if not isinstance(event, dict):
+                    continue
                 kind_, obj = event.get("type"), event.get("object") or {}
+                if not isinstance(obj, dict):
+                    log.warning("%s: a watch event's object is not an object; skipped", kind.name)
+                    continue
                 if kind_ == "ERROR":
                     if obj.get("code") == 410:
                         raise Gone()
@@ -152,6 +158,8 @@ class LiveCluster:
                 if kind_ == "BOOKMARK":
                     continue
                 key = kind.key(obj)
+                if key is None:
+                    continue
                 if kind_ == "DELETED":
                     kind.known.pop(key, None)
                     kind.delete(key, obj)
@@ -199,10 +207,13 @@ class LiveCluster:
 
 
 class _Kind:
-    def __init__(self, name: str, list_fn: Callable, key: Callable[[dict], str], upsert: Callable[[dict], None],
+    def __init__(self, name: str, list_fn: Callable, key_field: str, upsert: Callable[[dict], None],
                  delete: Callable[[str, dict], None]) -> None:
-        self.name, self.list_fn, self.key, self.upsert, self.delete = name, list_fn, key, upsert, delete
+        self.name, self.list_fn, self.key_field, self.upsert, self.delete = name, list_fn, key_field, upsert, delete
         self.known: dict[str, dict] = {}
+
+    def key(self, obj: object) -> str | None:
+        return object_key(obj, self.key_field, self.name)
 
 
 def _abort(response: Any) -> None:
