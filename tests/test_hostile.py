@@ -325,3 +325,19 @@ async def test_static_mode_excludes_poisoned_objects_and_places_the_rest(aiohttp
     assert inspect["nodes"]["good"][0]["pods"] == ["default/good-pod", "default/late"]
     result = await post(client, "filter", filter_args(gpu_pod("new", units=50), names=["good", "huge", "gfd"]))
     assert result["NodeNames"] == ["good"]
+
+
+async def test_connections_that_send_no_complete_request_are_closed_after_the_idle_timeout(aiohttp_client):
+    import asyncio
+
+    client, ext, _ = await start(aiohttp_client, NODES, idle_timeout_s=0.3)
+    host, port = client.server.host, client.server.port
+    held = []
+    for opening in (b"", b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Le"):  # silent; headers never finished
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(opening)
+        held.append((reader, writer))
+    for reader, writer in held:
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by the server, not by the guard
+        writer.close()
+    assert (await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["a"])))["NodeNames"] == ["a"]

@@ -45,7 +45,7 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     # bodies are decompressed here (_decode), not by aiohttp: a body that does not match its Content-Encoding is
     # then a 400 with a message, and a compressed body is held to the same size limit once decompressed
     app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[_errors],
-                          handler_args={"auto_decompress": False})
+                          handler_args={"auto_decompress": False, "keepalive_timeout": settings.idle_timeout_s})
     app[EXTENDER] = extender
     app.router.add_post("/filter", _filter)
     app.router.add_post("/prioritize", _prioritize)

@@ -38,6 +38,9 @@ class ExtenderSettings(BaseModel):
     cluster: Path | None = None
     kubeconfig: Path | None = None
     max_body_mib: int = Field(default=64, ge=1)
+    # a connection that sends no complete request for this long is closed, idle or half-way through its headers:
+    # above the 90 s after which kube-scheduler's Go client drops idle connections itself
+    idle_timeout_s: float = Field(default=120.0, gt=0)
     pod_cache_seconds: float = Field(default=600.0, gt=0)
     fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
 
