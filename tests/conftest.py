@@ -10,4 +10,6 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=40, stateful_step_count=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=1000, stateful_step_count=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])  # long local runs (test_fuzz: 10,000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
