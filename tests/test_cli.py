@@ -76,3 +76,22 @@ async def test_https_and_mutual_tls(aiohttp_server, pki):
     assert await _get(url, pki["ca"], pki["client"]) == 200
     with pytest.raises(aiohttp.ClientError):
         await _get(url, pki["ca"])  # no client certificate: refused
+
+
+async def test_with_mutual_tls_the_probes_answer_on_their_own_plain_listener(aiohttp_server, pki):
+    from testbed.controlplane import free_port
+
+    probe = f"127.0.0.1:{free_port()}"
+    settings = load_settings(env={}, flags={"tls_cert": pki["cert"], "tls_key": pki["key"],
+                                            "tls_client_ca": pki["ca"], "probe_listen": probe})
+    server = await aiohttp_server(create_app(settings, source=StaticCluster([], [])), ssl=cli.ssl_context(settings))
+    async with aiohttp.ClientSession() as session:
+        for path in ("/healthz", "/readyz", "/metrics"):  # kubelet's probes and a scrape: no client certificate
+            async with session.get(f"http://{probe}{path}") as response:
+                assert response.status == 200, path
+        async with session.post(f"http://{probe}/filter", json={}) as response:
+            assert response.status in (404, 405)  # the verbs stay behind mutual TLS
+    with pytest.raises(aiohttp.ClientError):
+        await _get(f"https://127.0.0.1:{server.port}/healthz", pki["ca"])
+    with pytest.raises(SettingsError, match="probe_listen must be another address"):
+        load_settings(env={}, flags={"probe_listen": "127.0.0.1:8888"})

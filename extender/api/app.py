@@ -56,7 +56,26 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/inspect", _inspect)
     app.cleanup_ctx.append(_feed)
+    if settings.probe_listen is not None:
+        app.cleanup_ctx.append(_probes)
     return app
+
+
+async def _probes(app: web.Application) -> AsyncIterator[None]:
+    """The probe listener (``--probe-listen``): health, readiness and metrics over plain HTTP, nothing else."""
+    extender = app[EXTENDER]
+    probes = web.Application()
+    probes[EXTENDER] = extender
+    probes.router.add_get("/healthz", _healthz)
+    probes.router.add_get("/readyz", _readyz)
+    probes.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(probes, access_log=None)
+    await runner.setup()
+    settings = extender.settings
+    host, _, port = settings.probe_listen.rpartition(":")
+    await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    yield
+    await runner.cleanup()
 
 
 def _source_for(settings: ExtenderSettings) -> ClusterSource:

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster", type=Path, help="static mode: a v1 List of Nodes and Pods (YAML or JSON)")
     serve.add_argument("--kubeconfig", type=Path, help="live mode outside the cluster (default: in-cluster)")
     serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
+    serve.add_argument("--probe-listen", dest="probe_listen",
+                       help="HOST:PORT serving /healthz, /readyz and /metrics over plain HTTP (for mutual TLS)")
     serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",
                        help="close a connection that sends no complete request for this long (default 120)")
     serve.add_argument("--log-level", default="INFO")

@@ -32,6 +32,9 @@ class ExtenderSettings(BaseModel):
     reserve_percent: float = Field(default=0.0, ge=0.0, lt=100.0)
     pools: bool = True
     listen: str = "127.0.0.1:8888"
+    # plain HTTP for /healthz, /readyz and /metrics only, beside a TLS listener whose probes (kubelet's, a
+    # Prometheus scrape) cannot present a client certificate
+    probe_listen: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -51,9 +54,11 @@ class ExtenderSettings(BaseModel):
             raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted(POLICIES))}")
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "probe_listen")
     @classmethod
-    def _address(cls, value: str) -> str:
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be HOST:PORT with a port in 1..65535, got {value!r}")
@@ -65,6 +70,8 @@ class ExtenderSettings(BaseModel):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.probe_listen is not None and self.probe_listen == self.listen:
+            raise ValueError("probe_listen must be another address than listen")
         if self.cluster is not None and self.kubeconfig is not None:
             raise ValueError("cluster (static mode) and kubeconfig (live mode) exclude each other")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "cluster", "kubeconfig"):
