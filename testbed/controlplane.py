@@ -272,21 +272,25 @@ class ControlPlane:
             ext["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
         return cfg
 
-    def start_extender(self, *args: str) -> Process:
-        if not self.extender_port:
-            self.extender_port = free_port()
+    def start_extender(self, *args: str, name: str = "extender", port: int | None = None,
+                       ready_url: str | None = None) -> Process:
+        """``fracgpu-extender serve`` in live mode as deploy/'s ServiceAccount, on ``port`` (default: the one the
+        scheduler configuration names); waits until ``ready_url`` (default: its plain /readyz) answers 200."""
+        if port is None:
+            if not self.extender_port:
+                self.extender_port = free_port()
+            port = self.extender_port
         exe = Path(sys.executable).with_name("fracgpu-extender")
         argv = [str(exe) if exe.exists() else shutil.which("fracgpu-extender") or "fracgpu-extender", "serve",
-                "--kubeconfig", str(self.kubeconfig("scheduler")),
-                "--listen", f"127.0.0.1:{self.extender_port}", *args]
-        proc = self._spawn("extender", argv, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                "--kubeconfig", str(self.kubeconfig("scheduler")), "--listen", f"127.0.0.1:{port}", *args]
+        proc = self._spawn(name, argv, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        url = ready_url or f"http://127.0.0.1:{port}/readyz"
 
         def ready() -> bool:
-            url = f"http://127.0.0.1:{self.extender_port}/readyz"
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status == 200
 
-        self._wait(proc, ready, "synced extender (/readyz)")
+        self._wait(proc, ready, f"synced extender ({url})")
         return proc
 
     def start_agent(self, node: str, *args: str) -> Process:
