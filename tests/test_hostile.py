@@ -341,3 +341,58 @@ async def test_connections_that_send_no_complete_request_are_closed_after_the_id
         assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by the server, not by the guard
         writer.close()
     assert (await post(client, "filter", filter_args(gpu_pod("p", units=10), names=["a"])))["NodeNames"] == ["a"]
+
+
+async def test_idle_connections_beyond_the_limit_do_not_lock_out_normal_requests(caplog):
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from api_helpers import settings as extender_settings
+    from extender.api.app import create_app
+    from extender.api.serve import CappedSite
+    from extender.api.static import StaticCluster
+    from testbed.controlplane import free_port
+
+    app = create_app(extender_settings(), source=StaticCluster(NODES, []))
+    refusals = []
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await CappedSite(runner, "127.0.0.1", port, limit=4, on_refusal=refusals.append).start()
+    held = []
+    try:
+        for opening in [b""] * 10 + [b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"] * 5:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # idle, or a body never finished
+            writer.write(opening)
+            held.append((reader, writer))
+        never_reads = await asyncio.open_connection("127.0.0.1", port)  # asks, and never reads the answer
+        never_reads[1].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+        body = filter_args(gpu_pod("p", units=10), names=["a"])
+        async with aiohttp.ClientSession() as session:
+            for _ in range(20):
+                start_time = time.perf_counter()
+                async with session.post(f"http://127.0.0.1:{port}/filter", json=body) as response:
+                    assert response.status == 200 and (await response.json())["NodeNames"] == ["a"]
+                assert time.perf_counter() - start_time < 1  # a hang guard; measured in the closing note
+        assert refusals and set(refusals) <= {"idle-closed", "busy"}
+        lines = [r for r in caplog.records if "connection limit (4) reached" in r.getMessage()]
+        assert len(lines) == len(set(refusals))  # one line per kind of refusal, however many there were
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback for a closed client
+        assert sum(1 for h in runner.server.connections if h.transport and not h.transport.is_closing()) <= 4
+    finally:
+        for _, writer in held:
+            writer.close()
+        await runner.cleanup()
+
+
+async def test_a_body_that_never_finishes_is_answered_400_after_the_idle_timeout(aiohttp_client):
+    import asyncio
+
+    client, ext, _ = await start(aiohttp_client, NODES, idle_timeout_s=0.3)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    answer = await asyncio.wait_for(reader.read(2000), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"did not arrive within 0.3 s" in answer

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from .serve import IN_FLIGHT, track_requests
 from .service import BadRequest, Extender
 from .settings import ExtenderSettings
 from .source import ClusterSource
@@ -44,9 +45,10 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     extender = Extender(settings, source)
     # bodies are decompressed here (_decode), not by aiohttp: a body that does not match its Content-Encoding is
     # then a 400 with a message, and a compressed body is held to the same size limit once decompressed
-    app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[_errors],
+    app = web.Application(client_max_size=settings.max_body_mib * 1024 * 1024, middlewares=[track_requests, _errors],
                           handler_args={"auto_decompress": False, "keepalive_timeout": settings.idle_timeout_s})
     app[EXTENDER] = extender
+    app[IN_FLIGHT] = set()  # connections with a request in progress (serve.ConnectionCap keeps these open)
     app.router.add_post("/filter", _filter)
     app.router.add_post("/prioritize", _prioritize)
     app.router.add_post("/bind", _bind)
@@ -121,6 +123,9 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge as exc:
         status = 413
         return _error(f"{verb}: request body too large ({exc.text}); raise max_body_mib if this is real", 413)
+    except _ClientGone:
+        status = 499  # as nginx counts a client that went away; the answer reaches nobody
+        return _error(f"{verb}: the client closed the connection", 400)
     except web.HTTPException as exc:  # 404, 405 and friends: in the protocol's JSON too
         status = exc.status
         if status < 400:
@@ -156,8 +161,25 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+class _ClientGone(Exception):
+    """The client closed the connection before its body arrived: nobody is left to answer."""
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, within the idle timeout: a body that never finishes would hold its connection (and a
+    place under the connection limit) for good."""
+    timeout = request.app[EXTENDER].settings.idle_timeout_s
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"the body did not arrive within {timeout:g} s (--idle-timeout-s)") from None
+    except (ConnectionError, RuntimeError) as exc:  # aiohttp: "Connection closed." / "Connection lost"
+        raise _ClientGone(str(exc)) from None
+
+
 async def _decode(request: web.Request, model: type[WireModel]) -> WireModel:
-    body = _decompressed(await request.read(), request.headers.get("Content-Encoding", ""), request.client_max_size)
+    body = _decompressed(await _read_body(request), request.headers.get("Content-Encoding", ""),
+                         request.client_max_size)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -7,13 +7,14 @@ setting stops the process at start with a message that names it (exit status 2).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ssl
 import sys
 from pathlib import Path
 
-from aiohttp import web
 
 from .. import logs
+from .serve import serve
 from .settings import ExtenderSettings, SettingsError, load_settings
 from .static import ClusterFileError
 
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
     serve.add_argument("--probe-listen", dest="probe_listen",
                        help="HOST:PORT serving /healthz, /readyz and /metrics over plain HTTP (for mutual TLS)")
+    serve.add_argument("--max-connections", type=int, dest="max_connections",
+                       help="open connections at most; beyond, the oldest idle one is closed (default 512)")
     serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",
                        help="close a connection that sends no complete request for this long (default 120)")
     serve.add_argument("--log-level", default="INFO")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(config_file=args.config, flags=flags)
         context = ssl_context(settings)
-        from .app import create_app
+        from .app import EXTENDER, create_app
 
         app = create_app(settings)
     except (SettingsError, ClusterFileError) as exc:
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ssl.SSLError, OSError) as exc:
         print(f"fracgpu-extender: TLS settings: {exc}", file=sys.stderr)
         return 2
-    web.run_app(app, host=settings.host, port=settings.port, ssl_context=context, print=None,
-                access_log=None)
+    metrics = app[EXTENDER].metrics
+    asyncio.run(serve(app, settings.host, settings.port, limit=settings.max_connections, ssl_context=context,
+                      on_refusal=lambda kind: metrics.refused_connections.labels(kind).inc()))
     return 0
 
 

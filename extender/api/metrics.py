@@ -51,6 +51,10 @@ class Metrics:
                                  ["verb", "outcome"], registry=self.registry)
         self.rejections = Counter("fracgpu_extender_rejections_total", "Nodes rejected by Filter, by reason",
                                   ["reason"], registry=self.registry)
+        self.refused_connections = Counter(
+            "fracgpu_extender_connections_refused_total",
+            "Connections closed at the connection limit: idle-closed (an idle one made room), busy (all busy)",
+            ["kind"], registry=self.registry)
         self.synced = Gauge("fracgpu_extender_synced", "1 once the ledger holds the cluster's state",
                             registry=self.registry)
         self.registry.register(_LedgerCollector(ledger))

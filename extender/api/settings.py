@@ -44,6 +44,8 @@ class ExtenderSettings(BaseModel):
     # a connection that sends no complete request for this long is closed, idle or half-way through its headers:
     # above the 90 s after which kube-scheduler's Go client drops idle connections itself
     idle_timeout_s: float = Field(default=120.0, gt=0)
+    # open connections at most: below the usual file limit of 1024, far above kube-scheduler's few
+    max_connections: int = Field(default=512, ge=1)
     pod_cache_seconds: float = Field(default=600.0, gt=0)
     fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
 
