@@ -144,11 +144,9 @@ class LiveCluster:
                 if what == "error":
                     raise payload
                 event = orjson.loads(payload)
-                if not isinstance(event, dict):
-                    continue
-                kind_, obj = event.get("type"), event.get("object") or {}
+                kind_, obj = (event.get("type"), event.get("object") or {}) if isinstance(event, dict) else (None, 0)
                 if not isinstance(obj, dict):
-                    log.warning("%s: a watch event's object is not an object; skipped", kind.name)
+                    log.warning("%s: a watch event that is not an object, or whose object is not: skipped", kind.name)
                     continue
                 if kind_ == "ERROR":
                     if obj.get("code") == 410:
