@@ -310,7 +310,7 @@ async def test_static_mode_binds_a_pod_it_saw_only_in_filter(aiohttp_client):
     assert (await post(client, "filter", filter_args(pod, names=["a"])))["NodeNames"] == ["a"]
     assert (await post(client, "bind", bind_args(pod, "a"))) == {"Error": ""}
     assert ext.ledger.assignment(pod["metadata"]["uid"]).node == "a"
-    assert source.pods[("default", "dry-run")]["spec"]["nodeName"] == "a"
+    assert source.dry_run[("default", "dry-run")]["node"] == "a"
     assert (await post(client, "bind", bind_args(pod, "a"))) == {"Error": ""}  # a retry: already bound there
 
 
@@ -396,3 +396,45 @@ async def test_a_body_that_never_finishes_is_answered_400_after_the_idle_timeout
     answer = await asyncio.wait_for(reader.read(2000), 5)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400") and b"did not arrive within 0.3 s" in answer
+
+
+def _forged(pod, node, containers):
+    pod["spec"]["nodeName"] = node
+    pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = json.dumps({
+        "version": 1, "podUID": pod["metadata"]["uid"], "node": node, "pool": None, "policy": "binpack",
+        "containers": containers})
+    return pod
+
+
+def _all_gpus(name, node="a", gpus=2):
+    return [{"name": name, "kind": "app", "gpus": [{"uuid": f"GPU-{node}-{i}", "index": i, "units": 100,
+                                                    "memoryMiB": 16000} for i in range(gpus)]}]
+
+
+@pytest.mark.parametrize("case", ["no-resources", "more-than-asked", "other-container", "init-as-app"])
+async def test_an_assignment_that_is_not_what_the_pod_asks_for_is_not_adopted(aiohttp_client, case):
+    if case == "no-resources":  # the tenant's attack: a pod asking nothing, patched to hold every GPU of node a
+        pod = gpu_pod("thief")
+        pod["spec"]["containers"][0]["resources"] = {}
+        pod = _forged(pod, "a", _all_gpus("main"))
+    elif case == "more-than-asked":
+        pod = _forged(gpu_pod("thief", units=10), "a", _all_gpus("main"))
+    elif case == "other-container":
+        pod = _forged(gpu_pod("thief", units=100), "a", _all_gpus("sidecar")[:1])
+    else:
+        pod = _forged(gpu_pod("thief", units=100), "a", [dict(_all_gpus("main", gpus=1)[0], kind="init")])
+    client, ext, _ = await start(aiohttp_client, NODES, [pod])
+    assert ext.ledger.assignment(pod["metadata"]["uid"]) is None
+    assert any("default/thief" in w and "not adopted" in w for w in ext.warnings)
+    result = await post(client, "filter", filter_args(gpu_pod("p", units=200), names=["a"]))
+    assert result["NodeNames"] == ["a"]  # node a's GPUs are free for others
+
+
+def test_an_assignment_that_matches_its_pod_is_adopted():
+    from extender.core.loading import build_ledger
+
+    pod = _forged(gpu_pod("fair", units=200, memory_mib=20000), "a", [
+        {"name": "main", "kind": "app", "gpus": [{"uuid": f"GPU-a-{i}", "index": i, "units": 100,
+                                                  "memoryMiB": 10000} for i in range(2)]}])
+    ledger, report = build_ledger(CoreSettings(), NODES, [pod])
+    assert ledger.assignment(pod["metadata"]["uid"]) is not None and not report.warnings

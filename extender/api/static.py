@@ -57,6 +57,7 @@ class StaticCluster:
             if name is not None:
                 self.pods[(pod["metadata"].get("namespace") or "default", name)] = pod
         self._sink: ClusterSink | None = None
+        self.dry_run: dict[tuple[str, str], dict] = {}  # bindings of pods the file does not hold
 
     @classmethod
     def from_file(cls, path: Path) -> "StaticCluster":
@@ -89,8 +90,14 @@ class StaticCluster:
 
     async def bind(self, *, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         pod = self.pods.get((namespace, name))
-        if pod is None:  # a dry run: the scheduler places pods the file does not hold; record the binding
-            pod = self.pods[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace, "uid": uid}}
+        if pod is None:  # a dry run: the scheduler places pods the file does not hold; the binding is recorded
+            if (namespace, name) in self.dry_run:  # apart from them (the extender's ledger holds its charges)
+                raise BindError(f"pod {namespace}/{name} is already bound to "
+                                f"{self.dry_run[(namespace, name)]['node']}", conflict=True)
+            if node not in self.nodes:
+                raise BindError(f"node {node} not found")
+            self.dry_run[(namespace, name)] = {"uid": uid, "node": node, "annotations": dict(annotations)}
+            return
         if uid and pod["metadata"].get("uid") != uid:
             raise BindError(f"pod {namespace}/{name} ({uid}) not found", conflict=True)
         bound = (pod.get("spec") or {}).get("nodeName")

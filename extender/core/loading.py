@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .assignment import Assignment, from_annotation
-from .errors import CorruptAnnotation
+from .errors import CorruptAnnotation, InvalidRequest
 from .inventory import parse_node
 from .ledger import Ledger
+from .resources import parse_pod
 from .settings import ASSIGNMENT_ANNOTATION, CoreSettings
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -28,8 +29,9 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def pod_assignment(pod: Mapping) -> Assignment | None:
-    """The assignment a pod holds right now, or None. Raises CorruptAnnotation for a bad annotation."""
+def pod_assignment(pod: Mapping, settings: CoreSettings) -> Assignment | None:
+    """The assignment a pod holds right now, or None. Raises CorruptAnnotation for a bad annotation, or for one
+    that does not match what the pod itself asks for (see :func:`check_matches_request`)."""
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     raw = annotations.get(ASSIGNMENT_ANNOTATION)
@@ -48,7 +50,39 @@ def pod_assignment(pod: Mapping) -> Assignment | None:
             ASSIGNMENT_ANNOTATION, f"pod {namespace}/{name}",
             f"names node {assignment.node} but the pod is bound to {node}",
         )
+    check_matches_request(assignment, pod, settings)
     return assignment
+
+
+def check_matches_request(assignment: Assignment, pod: Mapping, settings: CoreSettings) -> None:
+    """Refuse an assignment that is not what this pod asks for: the extender writes exactly one share per GPU the
+    pod's own request names, so anything else was written by someone else (a tenant who may patch pods can
+    write an annotation holding every GPU of a node onto a pod that asks for none)."""
+    owner = f"pod {assignment.key}"
+    try:
+        request = parse_pod(pod, settings)
+    except InvalidRequest as exc:
+        raise CorruptAnnotation(ASSIGNMENT_ANNOTATION, owner, f"the pod's own request is invalid: {exc}") from None
+    asked = {c.name: c for c in request.containers}
+    held = {c.name: c for c in assignment.containers}
+    if set(held) != set(asked):
+        raise CorruptAnnotation(
+            ASSIGNMENT_ANNOTATION, owner,
+            f"holds GPUs for containers {sorted(held) or 'none'} but the pod asks for "
+            f"{settings.vgpu_resource} in {sorted(asked) or 'none'}: not written by fracgpu, not adopted")
+    for name, container in held.items():
+        need = asked[name]
+        shares = container.gpus
+        wrong = (container.kind != need.kind or len(shares) != need.count
+                 or any(s.units != need.units for s in shares)
+                 or (need.memory_mib is not None and any(s.memory_mib != need.memory_mib for s in shares)))
+        if wrong:
+            memory = f"{need.memory_mib} MiB" if need.memory_mib is not None else "a proportional share"
+            raise CorruptAnnotation(
+                ASSIGNMENT_ANNOTATION, owner,
+                f"container {name} holds {len(shares)} GPU(s) with units {[s.units for s in shares]} and MiB "
+                f"{[s.memory_mib for s in shares]} ({container.kind}), but asks for {need.count} with "
+                f"{need.units} units and {memory} each ({need.kind}): not written by fracgpu, not adopted")
 
 
 def load_node(ledger: Ledger, node: Mapping, report: LoadReport | None = None) -> None:
@@ -74,7 +108,7 @@ def load_pod(ledger: Ledger, pod: Mapping, report: LoadReport | None = None) -> 
     metadata = pod.get("metadata") or {}
     uid = metadata.get("uid") or ""
     try:
-        assignment = pod_assignment(pod)
+        assignment = pod_assignment(pod, ledger.settings)
     except CorruptAnnotation as exc:
         ledger.release(uid)
         if report is not None:
