@@ -31,6 +31,7 @@ from ..core import (
     place,
     to_annotation,
 )
+from ..core.handoff import handoff_annotations
 from ..core.limits import MAX_CANDIDATES
 from ..core.loading import LoadReport, load_node, load_pod
 from ..core.ledger import Ledger
@@ -222,7 +223,7 @@ class Extender:
         annotation = to_annotation(assignment, timestamp=_utc_now())
         try:
             await self.source.bind(namespace=args.pod_namespace, name=args.pod_name, uid=uid, node=node,
-                                   annotations={ASSIGNMENT_ANNOTATION: annotation})
+                                   annotations={ASSIGNMENT_ANNOTATION: annotation, **handoff_annotations(assignment)})
         except BindError as exc:
             if exc.conflict and await self._bound_as_we_wanted(args, assignment):
                 self._commit(uid)

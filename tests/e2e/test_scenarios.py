@@ -224,3 +224,13 @@ def test_extender_stops_cleanly_on_sigterm_and_comes_back(k8s, control_plane):
     assert k8s.inspect()["nodes"][node][0]["unitsUsed"] == 40  # rebuilt from the annotation
     k8s.pod("after", units=40)
     assert gpus_of(k8s.bound("after")[1]) == [0]
+
+
+def test_the_api_server_stores_the_handoff_annotations_with_the_binding(k8s):
+    k8s.node("h", gpus=2)
+    k8s.pod("handoff", units=200)
+    _, assignment = k8s.bound("handoff")
+    annotations = k8s.read("handoff").metadata.annotations
+    uuids = ",".join(share["uuid"] for share in assignment["containers"][0]["gpus"])
+    assert annotations["main.containers.fracgpu.io/visible-devices"] == uuids
+    assert annotations["main.containers.fracgpu.io/units"] == "100,100"
