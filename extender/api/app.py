@@ -10,6 +10,7 @@ wrong, a body over the size limit 413, a fault of ours 500 — never a traceback
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import zlib
@@ -21,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from ..core.admission import review
 from .serve import IN_FLIGHT, track_requests
 from .service import BadRequest, Extender
 from .settings import ExtenderSettings
@@ -53,6 +55,7 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     app.router.add_post("/prioritize", _prioritize)
     app.router.add_post("/bind", _bind)
     app.router.add_post("/preempt", _preempt)
+    app.router.add_post("/admit/pods", _admit_pods)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -214,6 +217,35 @@ async def _bind(request: web.Request) -> web.Response:
 async def _preempt(request: web.Request) -> web.Response:
     args = await _decode(request, ExtenderPreemptionArgs)
     return _json(request.app[EXTENDER].preempt(args).dumps())
+
+
+async def _admit_pods(request: web.Request) -> web.Response:
+    """A ``admission.k8s.io/v1`` AdmissionReview of a pod (mutating and validating: see core.admission)."""
+    try:
+        data = orjson.loads(await _read_body(request))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    review_request = data.get("request") if isinstance(data, dict) else None
+    if not isinstance(review_request, dict) or not isinstance(review_request.get("uid"), str):
+        raise BadRequest("body must be an AdmissionReview (admission.k8s.io/v1) with request.uid")
+    pod = review_request.get("object") or {}
+    if not isinstance(pod, dict):
+        raise BadRequest("request.object must be a Pod")
+    extender = request.app[EXTENDER]
+    settings = extender.settings
+    user = ((review_request.get("userInfo") or {}).get("username")) or ""
+    old = review_request.get("oldObject") if isinstance(review_request.get("oldObject"), dict) else None
+    answer = review(pod, operation=str(review_request.get("operation")), user=str(user), old=old,
+                    settings=extender.core, extender_user=settings.extender_user,
+                    scheduler_name=settings.scheduler_name)
+    response: dict = {"uid": review_request["uid"], "allowed": answer.allowed}
+    if not answer.allowed:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": f"fracgpu: {answer.message}"}
+    elif answer.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(orjson.dumps(answer.patch)).decode()
+    return _json(orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                               "response": response}))
 
 
 async def _healthz(request: web.Request) -> web.Response:

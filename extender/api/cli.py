@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
     serve.add_argument("--probe-listen", dest="probe_listen",
                        help="HOST:PORT serving /healthz, /readyz and /metrics over plain HTTP (for mutual TLS)")
+    serve.add_argument("--scheduler-name", dest="scheduler_name",
+                       help="the scheduler fracgpu pods must name (admission; default fracgpu-scheduler)")
+    serve.add_argument("--extender-user", dest="extender_user",
+                       help="the only user admission lets write assignments (default: deploy/'s ServiceAccount)")
     serve.add_argument("--max-connections", type=int, dest="max_connections",
                        help="open connections at most; beyond, the oldest idle one is closed (default 512)")
     serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",

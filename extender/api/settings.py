@@ -47,6 +47,10 @@ class ExtenderSettings(BaseModel):
     # open connections at most: below the usual file limit of 1024, far above kube-scheduler's few
     max_connections: int = Field(default=512, ge=1)
     pod_cache_seconds: float = Field(default=600.0, gt=0)
+    # admission (POST /admit/pods): the pods' scheduler, and the one user who may write assignments (the
+    # extender's own ServiceAccount in deploy/)
+    scheduler_name: str = "fracgpu-scheduler"
+    extender_user: str = "system:serviceaccount:fracgpu-system:fracgpu-scheduler"
     fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
 
     @field_validator("policy")
