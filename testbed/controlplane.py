@@ -37,6 +37,7 @@ NAMESPACE = "fracgpu-system"
 SERVICE_ACCOUNT = "fracgpu-scheduler"
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
 AGENT_USER = f"system:serviceaccount:{NAMESPACE}:fracgpu-agent"
+TENANT_USER = "e2e-tenant"  # a user the tests grant only namespaced pod permissions
 RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
@@ -140,7 +141,8 @@ class ControlPlane:
         serving.private_key_pem.write_to_path(str(pki / "apiserver.key"))
         for who, cn, org in (("admin", "e2e-admin", "system:masters"),
                              ("scheduler", SA_USER, "system:serviceaccounts"),
-                             ("agent", AGENT_USER, "system:serviceaccounts")):
+                             ("agent", AGENT_USER, "system:serviceaccounts"),
+                             ("tenant", TENANT_USER, "e2e-tenants")):
             cert = ca.issue_cert(f"{who}.e2e.invalid", common_name=cn, organization_name=org)
             cert.cert_chain_pems[0].write_to_path(str(pki / f"{who}.crt"))
             cert.private_key_pem.write_to_path(str(pki / f"{who}.key"))
@@ -153,7 +155,8 @@ class ControlPlane:
         self.pki = pki
 
     def kubeconfig(self, who: str) -> Path:
-        """A kubeconfig file for ``admin`` (system:masters), ``scheduler`` or ``agent`` (deploy/'s ServiceAccounts)."""
+        """A kubeconfig file for ``admin`` (system:masters), ``scheduler`` or ``agent`` (deploy/'s ServiceAccounts),
+        or ``tenant`` (TENANT_USER: no permissions but those a test grants)."""
         path = self.workdir / f"{who}.kubeconfig"
         if not path.exists():
             doc = {

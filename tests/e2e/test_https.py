@@ -7,26 +7,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-import trustme
 import yaml
 
 from testbed.controlplane import ROOT, free_port
 
 TLS_SCHEDULER = "fracgpu-tls"
-
-
-@pytest.fixture
-def tls_files(tmp_path):
-    ca = trustme.CA(organization_name="fracgpu e2e extender")
-    server = ca.issue_cert("127.0.0.1")
-    client = ca.issue_cert("fracgpu-scheduler.e2e.invalid")
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "client-cert", "client-key")}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    server.private_key_pem.write_to_path(str(files["key"]))
-    client.cert_chain_pems[0].write_to_path(str(files["client-cert"]))
-    client.private_key_pem.write_to_path(str(files["client-key"]))
-    return files
 
 
 def test_kube_scheduler_binds_through_the_extender_over_mutual_tls(control_plane, k8s, tls_files):

@@ -1,0 +1,107 @@
+"""Admission through the real API server: a tenant who may only create and patch pods in their namespace cannot
+take, free or see GPUs they were not given, and a fracgpu pod gets its hand-off."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from extender.core.settings import ASSIGNMENT_ANNOTATION
+from extender.testing.factories import gpu_pod
+from testbed.controlplane import TENANT_USER, free_port
+from tests.e2e.conftest import SCHEDULER
+
+
+@pytest.fixture
+def webhook(control_plane, k8s, tls_files):
+    """An extender serving /admit/pods over TLS, registered for the test's namespace with failurePolicy: Fail."""
+    cp = control_plane
+    port, probe = free_port(), free_port()
+    extender = cp.start_extender("--tls-cert", str(tls_files["cert"]), "--tls-key", str(tls_files["key"]),
+                                 "--probe-listen", f"127.0.0.1:{probe}", name="extender-admission", port=port,
+                                 ready_url=f"http://127.0.0.1:{probe}/readyz")
+    registrations = client.AdmissionregistrationV1Api(cp.api_client())
+    name = f"fracgpu-{k8s.tag}"
+    registrations.create_mutating_webhook_configuration({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.fracgpu.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 5,
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/admit/pods",
+                             "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k8s.namespace}},
+        }],
+    })
+    rbac = client.RbacAuthorizationV1Api(cp.api_client())
+    rbac.create_namespaced_role(k8s.namespace, {
+        "metadata": {"name": "tenant"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "update", "get", "list"]}]})
+    rbac.create_namespaced_role_binding(k8s.namespace, {
+        "metadata": {"name": "tenant"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                      "name": "tenant"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}]})
+    try:
+        yield client.CoreV1Api(cp.api_client("tenant"))
+    finally:
+        registrations.delete_mutating_webhook_configuration(name)
+        extender.stop()
+        cp.processes.pop("extender-admission", None)
+
+
+def _refused(create, message: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        create()
+    assert caught.value.status in (400, 403) and message in caught.value.body, caught.value.body
+
+
+def _body(k8s, name, **kwargs):
+    body = gpu_pod(name, namespace=k8s.namespace, **kwargs)
+    del body["metadata"]["uid"]
+    body["spec"]["schedulerName"] = SCHEDULER
+    body["spec"]["terminationGracePeriodSeconds"] = 0
+    return body
+
+
+def test_a_tenant_can_neither_take_nor_free_gpus_and_a_fracgpu_pod_gets_its_handoff(k8s, webhook):
+    tenant, ns = webhook, k8s.namespace
+    node = k8s.node("adm", gpus=2)
+    every_gpu = json.dumps({"version": 1, "podUID": "x", "node": node, "pool": None, "policy": "binpack",
+                            "containers": [{"name": "main", "kind": "app", "gpus": [
+                                {"uuid": f"GPU-{node}-{i}", "index": i, "units": 100, "memoryMiB": 16000}
+                                for i in range(2)]}]})
+    thief = _body(k8s, "thief")
+    thief["spec"]["containers"][0]["resources"] = {}
+    thief["spec"]["nodeName"] = node
+    thief["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = every_gpu
+    _refused(lambda: tenant.create_namespaced_pod(ns, thief),
+             f"metadata.annotations[{ASSIGNMENT_ANNOTATION}]: only fracgpu's extender")
+
+    plain = _body(k8s, "plain")
+    plain["spec"]["containers"][0]["resources"] = {}
+    tenant.create_namespaced_pod(ns, plain)
+    _refused(lambda: tenant.patch_namespaced_pod("plain", ns, {"metadata": {"annotations": {
+        ASSIGNMENT_ANNOTATION: every_gpu}}}), f"metadata.annotations[{ASSIGNMENT_ANNOTATION}]")
+
+    sees_all = _body(k8s, "sees-all", units=30)
+    sees_all["spec"]["containers"][0]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    _refused(lambda: tenant.create_namespaced_pod(ns, sees_all),
+             "spec.containers[0].env[0]: NVIDIA_VISIBLE_DEVICES is set by fracgpu")
+    pinned = _body(k8s, "pinned", units=30)
+    pinned["spec"]["nodeName"] = node
+    _refused(lambda: tenant.create_namespaced_pod(ns, pinned), "spec.nodeName: a pod that asks for fracgpu.io/vgpu")
+
+    tenant.create_namespaced_pod(ns, _body(k8s, "fair", units=200))
+    bound_to, assignment = k8s.bound("fair")
+    pod = k8s.read("fair")
+    env = {e.name: e.value_from.field_ref.field_path for e in pod.spec.containers[0].env if e.value_from}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['main.containers.fracgpu.io/visible-devices']"
+    uuids = ",".join(share["uuid"] for share in assignment["containers"][0]["gpus"])
+    assert pod.metadata.annotations["main.containers.fracgpu.io/visible-devices"] == uuids and bound_to == node
+    _refused(lambda: tenant.patch_namespaced_pod("fair", ns, {"metadata": {"annotations": {
+        ASSIGNMENT_ANNOTATION: None}}}), f"metadata.annotations[{ASSIGNMENT_ANNOTATION}]")  # freeing its GPUs
+    assert k8s.assert_no_overcommit() == {(node, f"GPU-{node}-0"): 100, (node, f"GPU-{node}-1"): 100}
