@@ -105,3 +105,25 @@ def test_a_tenant_can_neither_take_nor_free_gpus_and_a_fracgpu_pod_gets_its_hand
     _refused(lambda: tenant.patch_namespaced_pod("fair", ns, {"metadata": {"annotations": {
         ASSIGNMENT_ANNOTATION: None}}}), f"metadata.annotations[{ASSIGNMENT_ANNOTATION}]")  # freeing its GPUs
     assert k8s.assert_no_overcommit() == {(node, f"GPU-{node}-0"): 100, (node, f"GPU-{node}-1"): 100}
+
+
+def test_a_resource_quota_on_fracgpu_resources_limits_a_namespace(control_plane, k8s):
+    """requests.fracgpu.io/vgpu and requests.fracgpu.io/vgpu-memory in a ResourceQuota, enforced by kube-apiserver's
+    own quota admission (Kubernetes defaults an extended resource's request to its limit). No controller-manager
+    runs here, so the test sets the quota's status as the quota controller would, before the first pod."""
+    core, ns = control_plane.core, k8s.namespace
+    hard = {"requests.fracgpu.io/vgpu": "100", "requests.fracgpu.io/vgpu-memory": "8000"}
+    core.create_namespaced_resource_quota(ns, {"metadata": {"name": "gpus"}, "spec": {"hard": hard}})
+    core.patch_namespaced_resource_quota_status("gpus", ns, {"status": {"hard": hard, "used": {
+        key: "0" for key in hard}}})
+    k8s.node("quota", gpus=2)
+    k8s.pod("first", units=60, memory_mib=4000)
+    k8s.pod("second", units=40, memory_mib=4000)  # exactly the quota
+    with pytest.raises(ApiException) as caught:
+        k8s.pod("third", units=10, memory_mib=100)
+    assert caught.value.status == 403 and "exceeded quota: gpus" in caught.value.body
+    assert "requested: requests.fracgpu.io/vgpu=10" in caught.value.body
+    for name in ("first", "second"):
+        k8s.bound(name)
+    used = core.read_namespaced_resource_quota("gpus", ns).status.used
+    assert used["requests.fracgpu.io/vgpu"] == "100" and used["requests.fracgpu.io/vgpu-memory"] == "8k"
