@@ -95,3 +95,25 @@ async def test_with_mutual_tls_the_probes_answer_on_their_own_plain_listener(aio
         await _get(f"https://127.0.0.1:{server.port}/healthz", pki["ca"])
     with pytest.raises(SettingsError, match="probe_listen must be another address"):
         load_settings(env={}, flags={"probe_listen": "127.0.0.1:8888"})
+
+
+async def test_the_admission_webhook_has_its_own_https_listener(aiohttp_server, pki):
+    from testbed.controlplane import free_port
+
+    admission = f"127.0.0.1:{free_port()}"
+    settings = load_settings(env={}, flags={"admission_listen": admission, "admission_tls_cert": pki["cert"],
+                                            "admission_tls_key": pki["key"]})
+    await aiohttp_server(create_app(settings, source=StaticCluster([], [])))
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "r", "operation": "CREATE", "object": {"metadata": {"name": "p"}, "spec": {}},
+                          "userInfo": {"username": "someone"}}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"https://{admission}/admit/pods", json=review, ssl=context) as response:
+            assert response.status == 200 and (await response.json())["response"]["allowed"] is True
+        async with session.post(f"https://{admission}/filter", json={}, ssl=context) as response:
+            assert response.status in (404, 405)  # only the webhook there
+        with pytest.raises(aiohttp.ClientError):
+            await session.post(f"http://{admission}/admit/pods", json=review)  # HTTPS only
+    with pytest.raises(SettingsError, match="must be given together"):
+        load_settings(env={}, flags={"admission_listen": admission})

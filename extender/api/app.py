@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
 import time
 import zlib
 from contextlib import suppress
@@ -63,22 +64,41 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
     app.cleanup_ctx.append(_feed)
     if settings.probe_listen is not None:
         app.cleanup_ctx.append(_probes)
+    if settings.admission_listen is not None:
+        app.cleanup_ctx.append(_admission)
     return app
+
+
+async def _side_listener(app: web.Application, address: str, routes, ssl_context=None) -> web.AppRunner:
+    """A second listener over the same extender, serving only ``routes`` ((method, path, handler))."""
+    settings = app[EXTENDER].settings
+    side = web.Application(middlewares=[_errors], client_max_size=settings.max_body_mib * 1024 * 1024,
+                           handler_args={"keepalive_timeout": settings.idle_timeout_s})
+    side[EXTENDER] = app[EXTENDER]
+    for method, path, handler in routes:
+        side.router.add_route(method, path, handler)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    host, _, port = address.rpartition(":")
+    await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context).start()
+    return runner
 
 
 async def _probes(app: web.Application) -> AsyncIterator[None]:
     """The probe listener (``--probe-listen``): health, readiness and metrics over plain HTTP, nothing else."""
-    extender = app[EXTENDER]
-    probes = web.Application()
-    probes[EXTENDER] = extender
-    probes.router.add_get("/healthz", _healthz)
-    probes.router.add_get("/readyz", _readyz)
-    probes.router.add_get("/metrics", _metrics)
-    runner = web.AppRunner(probes, access_log=None)
-    await runner.setup()
-    settings = extender.settings
-    host, _, port = settings.probe_listen.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    runner = await _side_listener(app, app[EXTENDER].settings.probe_listen, [
+        ("GET", "/healthz", _healthz), ("GET", "/readyz", _readyz), ("GET", "/metrics", _metrics)])
+    yield
+    await runner.cleanup()
+
+
+async def _admission(app: web.Application) -> AsyncIterator[None]:
+    """The admission listener (``--admission-listen``): the webhook over HTTPS for the API server, and a probe."""
+    settings = app[EXTENDER].settings
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.admission_tls_cert), str(settings.admission_tls_key))
+    runner = await _side_listener(app, settings.admission_listen, [
+        ("POST", "/admit/pods", _admit_pods), ("GET", "/healthz", _healthz)], ssl_context=context)
     yield
     await runner.cleanup()
 

@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
     serve.add_argument("--probe-listen", dest="probe_listen",
                        help="HOST:PORT serving /healthz, /readyz and /metrics over plain HTTP (for mutual TLS)")
+    serve.add_argument("--admission-listen", dest="admission_listen",
+                       help="HOST:PORT serving the admission webhook (POST /admit/pods) over HTTPS")
+    serve.add_argument("--admission-tls-cert", type=Path, dest="admission_tls_cert")
+    serve.add_argument("--admission-tls-key", type=Path, dest="admission_tls_key")
     serve.add_argument("--scheduler-name", dest="scheduler_name",
                        help="the scheduler fracgpu pods must name (admission; default fracgpu-scheduler)")
     serve.add_argument("--extender-user", dest="extender_user",

@@ -35,6 +35,10 @@ class ExtenderSettings(BaseModel):
     # plain HTTP for /healthz, /readyz and /metrics only, beside a TLS listener whose probes (kubelet's, a
     # Prometheus scrape) cannot present a client certificate
     probe_listen: str | None = None
+    # HTTPS for POST /admit/pods only, where the API server calls the webhook (a Service); needs its own certificate
+    admission_listen: str | None = None
+    admission_tls_cert: Path | None = None
+    admission_tls_key: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -60,7 +64,7 @@ class ExtenderSettings(BaseModel):
             raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted(POLICIES))}")
         return value
 
-    @field_validator("listen", "probe_listen")
+    @field_validator("listen", "probe_listen", "admission_listen")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None:
@@ -76,11 +80,16 @@ class ExtenderSettings(BaseModel):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if (self.admission_listen is None) != (self.admission_tls_cert is None) or \
+                (self.admission_tls_cert is None) != (self.admission_tls_key is None):
+            raise ValueError("admission_listen, admission_tls_cert and admission_tls_key must be given together "
+                             "(the API server calls webhooks over HTTPS only)")
         if self.probe_listen is not None and self.probe_listen == self.listen:
             raise ValueError("probe_listen must be another address than listen")
         if self.cluster is not None and self.kubeconfig is not None:
             raise ValueError("cluster (static mode) and kubeconfig (live mode) exclude each other")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "cluster", "kubeconfig"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "cluster", "kubeconfig", "admission_tls_cert",
+                     "admission_tls_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: file {path} does not exist")

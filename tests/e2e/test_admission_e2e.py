@@ -6,12 +6,13 @@ import base64
 import json
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_pod
-from testbed.controlplane import TENANT_USER, free_port
+from testbed.controlplane import DEPLOY, TENANT_USER, free_port
 from tests.e2e.conftest import SCHEDULER
 
 
@@ -19,24 +20,23 @@ from tests.e2e.conftest import SCHEDULER
 def webhook(control_plane, k8s, tls_files):
     """An extender serving /admit/pods over TLS, registered for the test's namespace with failurePolicy: Fail."""
     cp = control_plane
-    port, probe = free_port(), free_port()
-    extender = cp.start_extender("--tls-cert", str(tls_files["cert"]), "--tls-key", str(tls_files["key"]),
-                                 "--probe-listen", f"127.0.0.1:{probe}", name="extender-admission", port=port,
-                                 ready_url=f"http://127.0.0.1:{probe}/readyz")
+    port = free_port()
+    extender = cp.start_extender("--admission-listen", f"127.0.0.1:{port}", "--admission-tls-cert",
+                                 str(tls_files["cert"]), "--admission-tls-key", str(tls_files["key"]),
+                                 name="extender-admission", port=free_port())  # as deploy/ runs it
     registrations = client.AdmissionregistrationV1Api(cp.api_client())
     name = f"fracgpu-{k8s.tag}"
-    registrations.create_mutating_webhook_configuration({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "pods.fracgpu.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 5,
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/admit/pods",
-                             "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()},
-            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k8s.namespace}},
-        }],
-    })
+    # deploy/'s own webhook (its rules and matchConditions), pointed at this extender and this test's namespace
+    configuration = next(d for d in yaml.safe_load_all((DEPLOY / "60-admission.yaml").read_text())
+                         if d["kind"] == "MutatingWebhookConfiguration")
+    name = f"fracgpu-{k8s.tag}"
+    configuration["metadata"]["name"] = name
+    (hook,) = configuration["webhooks"]
+    hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/admit/pods",
+                            "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()}
+    hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": k8s.namespace}}
+    registrations = client.AdmissionregistrationV1Api(cp.api_client())
+    registrations.create_mutating_webhook_configuration(configuration)
     rbac = client.RbacAuthorizationV1Api(cp.api_client())
     rbac.create_namespaced_role(k8s.namespace, {
         "metadata": {"name": "tenant"},
