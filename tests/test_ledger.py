@@ -1,10 +1,12 @@
 """The ledger: headroom arithmetic, reserve / commit / release, adoption of what already runs, rebuilds."""
 
+import numpy as np
 import pytest
 
 from extender.core import CoreSettings, Ledger, LedgerConflict, evaluate, make_policy, parse_node, parse_pod
 from extender.core.assignment import Assignment, ContainerAssignment, GpuShare, to_annotation
 from extender.core.loading import build_ledger
+from extender.core.rows import RowMemo
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_node, gpu_pod
 
@@ -153,6 +155,19 @@ def test_rows_grow_and_widen():
     assert int(ledger.gpu_count[ledger.row_of("n4")]) == 5 and ledger.max_node_capacity() == (500, 2500)
     ledger.remove_node("n4")
     assert ledger.max_node_capacity() == (400, 2000)
+
+
+def test_row_memo_values_stay_right_when_the_ledger_widens():
+    """A node with more GPUs than the columns widens the arrays; a memo's kept values then change shape, and rows
+    that did not change must still be computed, not read as zeros."""
+    ledger = Ledger(S, rows=4, width=2)
+    for name in ("a", "b"):
+        ledger.upsert_node(parse_node(gpu_node(name, gpus=2, memory_mib=1000), S))
+    memo = RowMemo(lambda ledger, rows: ledger.free_units[rows] + 1)  # +1: a zero-filled row cannot pass
+    rows = np.array([ledger.row_of("a"), ledger.row_of("b")])
+    assert memo.refresh(ledger, rows)[rows].tolist() == [[101, 101], [101, 101]]
+    ledger.upsert_node(parse_node(gpu_node("a", gpus=3, memory_mib=1000), S))  # widens; "b" is unchanged
+    assert memo.refresh(ledger, rows)[rows].tolist() == [[101, 101, 101], [101, 101, 1]]
 
 
 def test_without_evaluates_hypothetically_and_restores_exactly():

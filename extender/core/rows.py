@@ -130,8 +130,12 @@ class RowMemo:
             fresh = self._compute(ledger, rows[stale])
             values = self._values
             if values is None or values.shape[1:] != fresh.shape[1:] or values.dtype != fresh.dtype:
-                self._versions[:] = -1  # a new shape (the ledger widened): every row is computed again
+                # a new shape (the ledger widened): what was kept is dropped, so every asked row is computed now
+                self._versions[:] = -1
                 values = self._values = np.zeros((capacity, *fresh.shape[1:]), dtype=fresh.dtype)
+                if len(stale) != len(rows):
+                    stale = np.arange(len(rows))
+                    fresh = self._compute(ledger, rows)
             values[rows[stale]] = fresh
             self._versions[rows[stale]] = current[stale]
         assert self._values is not None or not len(rows)
