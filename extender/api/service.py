@@ -38,7 +38,7 @@ from ..core.ledger import Ledger
 from ..core.evaluation import Evaluation
 from ..core.policies import POLICIES, Policy
 from ..core.workload import RecentShapes, pod_shape
-from ..core.settings import ASSIGNMENT_ANNOTATION, POLICY_ANNOTATION
+from ..core.settings import ASSIGNMENT_ANNOTATION, MPS, POLICY_ANNOTATION
 from .metrics import Metrics
 from .settings import ExtenderSettings
 from .source import BindError, ClusterSource, object_key
@@ -223,7 +223,9 @@ class Extender:
         annotation = to_annotation(assignment, timestamp=_utc_now())
         try:
             await self.source.bind(namespace=args.pod_namespace, name=args.pod_name, uid=uid, node=node,
-                                   annotations={ASSIGNMENT_ANNOTATION: annotation, **handoff_annotations(assignment)})
+                                   annotations={ASSIGNMENT_ANNOTATION: annotation, **handoff_annotations(
+                                       assignment, units_per_gpu=self.core.units_per_gpu,
+                                       mps=request.sharing == MPS)})
         except BindError as exc:
             if exc.conflict and await self._bound_as_we_wanted(args, assignment):
                 self._commit(uid)

@@ -9,6 +9,7 @@ Rules (docs/design.md, "Resource model"):
   memory is always accounted.
 * annotation ``fracgpu.io/gpu-count: N`` spreads each GPU container over N distinct GPUs: vgpu/N units each.
 * annotation ``fracgpu.io/gpu-model: "A100|H100"`` restricts the GPU models; label ``fracgpu.io/pool`` the pool.
+* annotation ``fracgpu.io/sharing``: ``time-slicing`` (the default) or ``mps``.
 * Init containers follow the Kubernetes effective-request rule. Containers that run at the same time form a
   *phase*: each regular init container with the sidecars (``restartPolicy: Always``) declared before it, and
   finally all sidecars with the app containers. A pod is charged, per GPU and per resource, the maximum over
@@ -28,6 +29,9 @@ from .settings import (
     GPU_MODEL_ANNOTATION,
     POLICY_ANNOTATION,
     POOL_LABEL,
+    SHARING_ANNOTATION,
+    SHARING_MODES,
+    TIME_SLICING,
     CoreSettings,
 )
 
@@ -66,6 +70,7 @@ class PodRequest:
     containers: tuple[ContainerNeed, ...]
     phases: tuple[tuple[int, ...], ...]
     policy: str | None = None
+    sharing: str = TIME_SLICING  # or MPS
     # Host requests, checked only on nodes whose inventory carries host capacity (the simulator's).
     cpu_milli: int = 0
     memory_mib: int = 0
@@ -173,6 +178,10 @@ def parse_pod(pod: Mapping, settings: CoreSettings) -> PodRequest:
             f"is set but no container asks for {settings.vgpu_resource}",
             pod=who,
         )
+    sharing = _string(annotations.get(SHARING_ANNOTATION), f"metadata.annotations[{SHARING_ANNOTATION}]", who)
+    if sharing and sharing not in SHARING_MODES:
+        raise InvalidRequest(f"metadata.annotations[{SHARING_ANNOTATION}]",
+                             f"must be one of {', '.join(SHARING_MODES)}, got {sharing!r}", pod=who)
     return PodRequest(
         uid=uid or "",
         namespace=namespace,
@@ -182,6 +191,7 @@ def parse_pod(pod: Mapping, settings: CoreSettings) -> PodRequest:
         containers=tuple(containers),
         phases=phases_of(tuple(kinds)),
         policy=policy,
+        sharing=sharing or TIME_SLICING,
     )
 
 

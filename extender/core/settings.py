@@ -11,6 +11,10 @@ GPU_COUNT_ANNOTATION = "fracgpu.io/gpu-count"
 GPU_MODEL_ANNOTATION = "fracgpu.io/gpu-model"
 POLICY_ANNOTATION = "fracgpu.io/policy"
 POOL_LABEL = "fracgpu.io/pool"
+# How a pod shares its GPUs (pod annotation) and how a node's GPUs are shared (node label and taint, set by the
+# operator): time-slicing (the default) or MPS.
+SHARING_ANNOTATION = SHARING_LABEL = "fracgpu.io/sharing"
+SHARING_MODES = TIME_SLICING, MPS = "time-slicing", "mps"
 
 # NVIDIA GPU Feature Discovery labels, read when a node has no fracgpu inventory annotation.
 GFD_COUNT_LABEL = "nvidia.com/gpu.count"
