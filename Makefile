@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fracgpu-sim compare --out sim-results
 
-# The end-to-end tests need kube-apiserver, kube-scheduler and etcd built from pinned upstream sources (Go).
-# Built once into .cache/ (about 5 minutes cold, under a second once built). A failed build does not stop
-# make here: the e2e fixture retries it and, under CI=true, fails with the build's own error.
+# The end-to-end tests need kube-apiserver, kube-scheduler, kubelet and etcd built from pinned upstream sources
+# (Go), built once into .cache/ (about 6 minutes cold, under a second once built), and, for the real node,
+# containerd, runc and busybox-static from Debian's packages (installed once, as root). A failure does not stop
+# make here: the e2e fixtures retry and, under CI=true, fail with the tool's own error.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	-$(PY) testbed/build_control_plane.py
+	-$(PY) -m testbed.node install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

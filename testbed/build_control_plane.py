@@ -1,4 +1,4 @@
-"""Build pinned upstream kube-apiserver, kube-scheduler and etcd from Go sources, idempotently.
+"""Build pinned upstream kube-apiserver, kube-scheduler, kubelet and etcd from Go sources, idempotently.
 
 Go is used here for one thing: compiling the upstream binaries the end-to-end tests run. The wrapper
 modules under ``testbed/gomod/`` hold no code of ours; their ``go.mod`` files pin the upstream module and, for
@@ -32,6 +32,7 @@ CACHE = Path(os.environ.get("FRACGPU_CONTROL_PLANE_CACHE", ROOT / ".cache" / "co
 BINARIES = {
     "kube-apiserver": ("kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver"),
     "kube-scheduler": ("kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
+    "kubelet": ("kubernetes", "k8s.io/kubernetes/cmd/kubelet"),  # the real node of tests/e2e/test_kubelet.py
     "etcd": ("etcd", "go.etcd.io/etcd/server/v3"),
 }
 

@@ -134,25 +134,33 @@ class ControlPlane:
 
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        ca = trustme.CA(organization_name="fracgpu e2e")
+        self.ca = ca = trustme.CA(organization_name="fracgpu e2e")
         ca.cert_pem.write_to_path(str(pki / "ca.crt"))
         serving = ca.issue_cert("127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc")
         serving.cert_chain_pems[0].write_to_path(str(pki / "apiserver.crt"))
         serving.private_key_pem.write_to_path(str(pki / "apiserver.key"))
+        self.pki = pki
         for who, cn, org in (("admin", "e2e-admin", "system:masters"),
                              ("scheduler", SA_USER, "system:serviceaccounts"),
                              ("agent", AGENT_USER, "system:serviceaccounts"),
                              ("tenant", TENANT_USER, "e2e-tenants")):
-            cert = ca.issue_cert(f"{who}.e2e.invalid", common_name=cn, organization_name=org)
-            cert.cert_chain_pems[0].write_to_path(str(pki / f"{who}.crt"))
-            cert.private_key_pem.write_to_path(str(pki / f"{who}.key"))
+            self._client_certificate(who, cn, org)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (pki / "sa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                        serialization.PrivateFormat.TraditionalOpenSSL,
                                                        serialization.NoEncryption()))
         (pki / "sa.pub").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.pki = pki
+
+    def _client_certificate(self, who: str, common_name: str, organization: str) -> None:
+        cert = self.ca.issue_cert(f"{who}.e2e.invalid", common_name=common_name, organization_name=organization)
+        cert.cert_chain_pems[0].write_to_path(str(self.pki / f"{who}.crt"))
+        cert.private_key_pem.write_to_path(str(self.pki / f"{who}.key"))
+
+    def identity(self, who: str, common_name: str, organization: str) -> Path:
+        """A kubeconfig for one more client-certificate identity (a kubelet's ``system:node:<name>``, say)."""
+        self._client_certificate(who, common_name, organization)
+        return self.kubeconfig(who)
 
     def kubeconfig(self, who: str) -> Path:
         """A kubeconfig file for ``admin`` (system:masters), ``scheduler`` or ``agent`` (deploy/'s ServiceAccounts),

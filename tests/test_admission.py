@@ -13,9 +13,9 @@ EXTENDER = "system:serviceaccount:fracgpu-system:fracgpu-scheduler"
 TENANT = "system:serviceaccount:team-a:ci"
 
 
-def admit(pod, operation="CREATE", user=TENANT, old=None):
+def admit(pod, operation="CREATE", user=TENANT, old=None, runtime_class=""):
     return review(pod, operation=operation, user=user, old=old, settings=CoreSettings(), extender_user=EXTENDER,
-                  scheduler_name="fracgpu-scheduler")
+                  scheduler_name="fracgpu-scheduler", runtime_class=runtime_class)
 
 
 def fracgpu_pod(**kwargs):
@@ -29,7 +29,7 @@ def apply(pod, patch):
     pod = json.loads(json.dumps(pod))
     for op in patch:
         assert op["op"] == "add"
-        *parents, last = op["path"].strip("/").split("/")
+        *parents, last = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].strip("/").split("/")]
         target = pod
         for part in parents:
             target = target[int(part)] if isinstance(target, list) else target[part]
@@ -93,6 +93,89 @@ def test_a_pod_without_fracgpu_resources_is_left_alone():
     plain["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1"}}
     answer = admit(plain)
     assert answer.allowed and answer.patch == []
+
+
+def test_only_fracgpu_pods_run_with_the_gpu_runtime_class():
+    answer = admit(fracgpu_pod(units=30), runtime_class="nvidia")
+    assert {"op": "add", "path": "/spec/runtimeClassName", "value": "nvidia"} in answer.patch
+    chosen = fracgpu_pod(units=30)
+    chosen["spec"]["runtimeClassName"] = "nvidia"
+    answer = admit(chosen, runtime_class="nvidia")
+    assert answer.allowed and not any(op["path"] == "/spec/runtimeClassName" for op in answer.patch)
+    chosen["spec"]["runtimeClassName"] = "kata"
+    assert admit(chosen, runtime_class="nvidia").message.startswith("spec.runtimeClassName: a pod that asks for")
+    plain = gpu_pod("p")
+    plain["spec"]["containers"][0]["resources"] = {}
+    plain["spec"]["runtimeClassName"] = "nvidia"
+    message = admit(plain, runtime_class="nvidia").message
+    assert message.startswith("spec.runtimeClassName: 'nvidia' is the runtime that exposes GPUs"), message
+    assert admit(plain).allowed  # without --runtime-class, the class is not fracgpu's to police
+    assert not any(op["path"] == "/spec/runtimeClassName" for op in admit(fracgpu_pod(units=30)).patch)
+
+
+def mps_pod(**kwargs):
+    pod = fracgpu_pod(**kwargs)
+    pod["metadata"]["annotations"]["fracgpu.io/sharing"] = "mps"
+    return pod
+
+
+def test_an_mps_pod_goes_to_mps_nodes_and_its_gpu_containers_get_the_daemons_pipes_and_shared_memory():
+    pod = mps_pod(units=30, extra_containers=[{"name": "logger"}])
+    pod["spec"]["nodeSelector"] = {"zone": "a"}
+    pod["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}]
+    answer = admit(pod, runtime_class="nvidia")
+    assert answer.allowed, answer.message
+    patched = apply(pod, answer.patch)
+    spec = patched["spec"]
+    assert spec["nodeSelector"] == {"zone": "a", "fracgpu.io/sharing": "mps"}
+    assert spec["tolerations"][1] == {"key": "fracgpu.io/sharing", "operator": "Equal", "value": "mps",
+                                      "effect": "NoSchedule"}
+    assert {v["name"]: v["hostPath"] for v in spec["volumes"]} == {
+        "fracgpu-mps-pipe": {"path": "/run/fracgpu/mps/pipe", "type": "Directory"},
+        "fracgpu-mps-shm": {"path": "/run/fracgpu/mps/shm", "type": "Directory"}}
+    main, logger = spec["containers"]
+    assert {m["name"]: m["mountPath"] for m in main["volumeMounts"]} == {
+        "fracgpu-mps-pipe": "/run/fracgpu/mps/pipe", "fracgpu-mps-shm": "/dev/shm"}
+    env = {e["name"]: e for e in main["env"]}
+    assert env["CUDA_MPS_PIPE_DIRECTORY"]["value"] == "/run/fracgpu/mps/pipe"
+    assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['main.containers.fracgpu.io/mps-active-thread-percentage']"
+    assert "volumeMounts" not in logger and logger["env"] == [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
+    assert spec["runtimeClassName"] == "nvidia"
+    fresh = apply(mps_pod(units=30), admit(mps_pod(units=30)).patch)["spec"]  # no selector, tolerations or volumes
+    assert fresh["nodeSelector"] == {"fracgpu.io/sharing": "mps"} and len(fresh["tolerations"]) == 1
+    assert len(fresh["volumes"]) == 2
+
+
+@pytest.mark.parametrize("toleration", [{"operator": "Exists"}, {"key": "fracgpu.io/sharing", "operator": "Exists"},
+                                        {"key": "fracgpu.io/sharing", "value": "mps"},
+                                        {"key": "fracgpu.io/sharing", "value": "mps", "effect": "NoSchedule"}])
+def test_a_pod_that_does_not_ask_for_mps_may_not_tolerate_the_taint_of_mps_nodes(toleration):
+    pod = fracgpu_pod(units=30)
+    pod["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}, toleration]
+    assert admit(pod).message.startswith("spec.tolerations[1]: tolerates the taint of MPS nodes, where a pod must "
+                                         "ask for MPS (fracgpu.io/sharing: mps)")
+    pod["spec"]["tolerations"][1] = {**toleration, "effect": "NoExecute"}  # another effect: not the MPS taint
+    assert admit(pod).allowed
+
+
+def test_what_would_break_an_mps_pods_handoff_is_refused_naming_the_field():
+    pod = mps_pod(units=30)
+    pod["spec"]["nodeSelector"] = {"fracgpu.io/sharing": "time-slicing"}
+    assert admit(pod).message.startswith("spec.nodeSelector[fracgpu.io/sharing]: an MPS pod runs on nodes labelled")
+    pod = mps_pod(units=30)
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "cache", "mountPath": "/dev/shm"}]
+    assert admit(pod).message.startswith("spec.containers[0].volumeMounts[0]: an MPS client gets the MPS daemon's")
+    pod = mps_pod(units=30)
+    pod["spec"]["volumes"] = [{"name": "fracgpu-mps-shm", "emptyDir": {}}]
+    assert admit(pod).message.startswith("spec.volumes: fracgpu-mps-shm is the name of the volume fracgpu adds")
+    pod = mps_pod(units=30)
+    pod["metadata"]["annotations"]["fracgpu.io/sharing"] = "exclusive"
+    assert "metadata.annotations[fracgpu.io/sharing]: must be one of time-slicing, mps" in admit(pod).message
+    before, after = fracgpu_pod(units=30), mps_pod(units=30)
+    assert admit(after, operation="UPDATE", old=before).message == \
+        "metadata.annotations[fracgpu.io/sharing]: is set when the pod is created and cannot change"
+    assert admit(after, operation="UPDATE", old=after).allowed
 
 
 async def test_the_webhook_answers_admission_reviews(aiohttp_client):

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the scheduler fracgpu pods must name (admission; default fracgpu-scheduler)")
     serve.add_argument("--extender-user", dest="extender_user",
                        help="the only user admission lets write assignments (default: deploy/'s ServiceAccount)")
+    serve.add_argument("--runtime-class", dest="runtime_class",
+                       help="the RuntimeClass of the NVIDIA runtime: admission gives it to fracgpu pods and refuses "
+                            "it to every other pod (default: none)")
     serve.add_argument("--max-connections", type=int, dest="max_connections",
                        help="open connections at most; beyond, the oldest idle one is closed (default 512)")
     serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",

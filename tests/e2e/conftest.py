@@ -5,6 +5,8 @@ elsewhere they are skipped with that error shown.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import threading
@@ -13,9 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testbed.build_control_plane import BuildError, build
-from testbed.controlplane import ControlPlane, ControlPlaneError
+from testbed.controlplane import DEPLOY, TENANT_USER, ControlPlane, ControlPlaneError, free_port
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
 from extender.testing.factories import gpu_pod
 
@@ -44,7 +47,7 @@ def control_plane(tmp_path_factory):
             scheduling = client.SchedulingV1Api(cp.api_client())
             for name, value in PRIORITIES.items():
                 scheduling.create_priority_class({"metadata": {"name": name}, "value": value})
-            kubelet = FakeKubelet(cp)
+            kubelet = cp.fake_kubelet = FakeKubelet(cp)
             kubelet.start()
             cp.start_extender("--policy", "binpack")
             cp.start_scheduler()
@@ -60,7 +63,8 @@ class FakeKubelet(threading.Thread):
     """What a kubelet does that scheduling depends on: finish the deletion of a terminating pod.
 
     Without a kubelet a pod deleted with a grace period (as the scheduler deletes preemption victims) stays
-    terminating for ever; a real kubelet stops its containers and removes it. We remove it at once.
+    terminating for ever; a real kubelet stops its containers and removes it. We remove it at once, except on
+    the nodes in ``real_nodes``, where a real kubelet runs (``testbed/node.py``).
     """
 
     def __init__(self, cp: ControlPlane) -> None:
@@ -68,6 +72,7 @@ class FakeKubelet(threading.Thread):
         self.cp = cp
         self.halt = threading.Event()
         self.finished: list[str] = []
+        self.real_nodes: set[str] = set()
 
     def run(self) -> None:
         from kubernetes import client
@@ -79,7 +84,7 @@ class FakeKubelet(threading.Thread):
             except Exception:  # the API server may be going away at teardown
                 continue
             for pod in pods:
-                if pod.metadata.deletion_timestamp is not None:
+                if pod.metadata.deletion_timestamp is not None and pod.spec.node_name not in self.real_nodes:
                     try:
                         core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
                         self.finished.append(f"{pod.metadata.namespace}/{pod.metadata.name}")
@@ -189,11 +194,9 @@ class Cluster:
             if assignment is None:
                 continue
             assert assignment["node"] == node
-            for container in assignment["containers"]:
-                for share in container["gpus"]:
-                    key = (node, share["uuid"])
-                    units[key] = units.get(key, 0) + share["units"]
-                    memory[key] = memory.get(key, 0) + (share.get("memoryMiB") or 0)
+            for uuid, (pod_units, pod_memory) in _pod_charges(assignment["containers"]).items():
+                units[(node, uuid)] = units.get((node, uuid), 0) + pod_units
+                memory[(node, uuid)] = memory.get((node, uuid), 0) + pod_memory
         over = {k: v for k, v in units.items() if v > 100}
         assert not over, f"GPUs holding more than 100 units: {over}"
         over = {k: (v, capacity[k]) for k, v in memory.items() if v > capacity[k]}
@@ -217,6 +220,34 @@ class Cluster:
         for node in self.nodes:
             self.core.delete_node(node)
         self.wait(lambda: not set(self.nodes) & set(self.inspect()["nodes"]), "the extender to forget the nodes")
+
+
+def _pod_charges(containers: list[dict]) -> dict[str, tuple[int, int]]:
+    """What one pod holds on each GPU, by Kubernetes' effective-request rule: containers that run at the same
+    time add up (each init container with the sidecars declared before it; at the end the sidecars with the app
+    containers), and the pod holds the most of any such phase."""
+    def on_gpus(group: list[dict]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for container in group:
+            for share in container["gpus"]:
+                units, memory = out.get(share["uuid"], (0, 0))
+                out[share["uuid"]] = (units + share["units"], memory + (share.get("memoryMiB") or 0))
+        return out
+
+    sidecars: list[dict] = []
+    phases = []
+    for container in containers:
+        if container["kind"] == "init":
+            phases.append(on_gpus([*sidecars, container]))
+        elif container["kind"] == "sidecar":
+            sidecars.append(container)
+    phases.append(on_gpus([*sidecars, *(c for c in containers if c["kind"] == "app")]))
+    charges: dict[str, tuple[int, int]] = {}
+    for phase in phases:
+        for uuid, (units, memory) in phase.items():
+            held = charges.get(uuid, (0, 0))
+            charges[uuid] = (max(held[0], units), max(held[1], memory))
+    return charges
 
 
 @pytest.fixture
@@ -244,3 +275,46 @@ def tls_files(tmp_path):
     client.cert_chain_pems[0].write_to_path(str(files["client-cert"]))
     client.private_key_pem.write_to_path(str(files["client-key"]))
     return files
+
+
+@contextlib.contextmanager
+def admission_webhook(cp: ControlPlane, tls_files: dict, namespace: str, *extender_args: str):
+    """An extender serving /admit/pods over TLS, as deploy/ runs it, registered with deploy/60-admission.yaml's
+    webhook (its rules, matchConditions and failurePolicy: Fail) for one namespace."""
+    from kubernetes import client
+
+    port = free_port()
+    name = f"extender-admission-{namespace}"
+    extender = cp.start_extender("--admission-listen", f"127.0.0.1:{port}", "--admission-tls-cert",
+                                 str(tls_files["cert"]), "--admission-tls-key", str(tls_files["key"]),
+                                 *extender_args, name=name, port=free_port())
+    configuration = next(d for d in yaml.safe_load_all((DEPLOY / "60-admission.yaml").read_text())
+                         if d["kind"] == "MutatingWebhookConfiguration")
+    configuration["metadata"]["name"] = f"fracgpu-{namespace}"
+    (hook,) = configuration["webhooks"]
+    hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/admit/pods",
+                            "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()}
+    hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    registrations = client.AdmissionregistrationV1Api(cp.api_client())
+    registrations.create_mutating_webhook_configuration(configuration)
+    try:
+        yield extender
+    finally:
+        registrations.delete_mutating_webhook_configuration(f"fracgpu-{namespace}")
+        extender.stop()
+        cp.processes.pop(name, None)
+
+
+def tenant_client(cp: ControlPlane, namespace: str):
+    """A client of TENANT_USER, granted only create, patch, update, get and list on pods in ``namespace``."""
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(cp.api_client())
+    rbac.create_namespaced_role(namespace, {
+        "metadata": {"name": "tenant"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "update", "get", "list"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "tenant"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                      "name": "tenant"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}]})
+    return client.CoreV1Api(cp.api_client("tenant"))

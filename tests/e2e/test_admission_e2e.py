@@ -2,55 +2,22 @@
 take, free or see GPUs they were not given, and a fracgpu pod gets its hand-off."""
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
-import yaml
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_pod
-from testbed.controlplane import DEPLOY, TENANT_USER, free_port
-from tests.e2e.conftest import SCHEDULER
+from tests.e2e.conftest import SCHEDULER, admission_webhook, tenant_client
 
 
 @pytest.fixture
 def webhook(control_plane, k8s, tls_files):
-    """An extender serving /admit/pods over TLS, registered for the test's namespace with failurePolicy: Fail."""
-    cp = control_plane
-    port = free_port()
-    extender = cp.start_extender("--admission-listen", f"127.0.0.1:{port}", "--admission-tls-cert",
-                                 str(tls_files["cert"]), "--admission-tls-key", str(tls_files["key"]),
-                                 name="extender-admission", port=free_port())  # as deploy/ runs it
-    registrations = client.AdmissionregistrationV1Api(cp.api_client())
-    name = f"fracgpu-{k8s.tag}"
-    # deploy/'s own webhook (its rules and matchConditions), pointed at this extender and this test's namespace
-    configuration = next(d for d in yaml.safe_load_all((DEPLOY / "60-admission.yaml").read_text())
-                         if d["kind"] == "MutatingWebhookConfiguration")
-    name = f"fracgpu-{k8s.tag}"
-    configuration["metadata"]["name"] = name
-    (hook,) = configuration["webhooks"]
-    hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/admit/pods",
-                            "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()}
-    hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": k8s.namespace}}
-    registrations = client.AdmissionregistrationV1Api(cp.api_client())
-    registrations.create_mutating_webhook_configuration(configuration)
-    rbac = client.RbacAuthorizationV1Api(cp.api_client())
-    rbac.create_namespaced_role(k8s.namespace, {
-        "metadata": {"name": "tenant"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "update", "get", "list"]}]})
-    rbac.create_namespaced_role_binding(k8s.namespace, {
-        "metadata": {"name": "tenant"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                                      "name": "tenant"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}]})
-    try:
-        yield client.CoreV1Api(cp.api_client("tenant"))
-    finally:
-        registrations.delete_mutating_webhook_configuration(name)
-        extender.stop()
-        cp.processes.pop("extender-admission", None)
+    """deploy/'s webhook served over TLS, for the test's namespace; yields a client of the tenant, who may only
+    create, patch and read pods there."""
+    with admission_webhook(control_plane, tls_files, k8s.namespace):
+        yield tenant_client(control_plane, k8s.namespace)
 
 
 def _refused(create, message: str) -> None:

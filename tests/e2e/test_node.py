@@ -1,0 +1,216 @@
+"""The hand-off on a real node: kube-scheduler and the extender place pods, admission injects the hand-off, and a
+real kubelet v1.36.3 with containerd and runc starts the containers (``testbed/node.py``).
+
+The node has no GPU: its GPUs are the agent's ``h100x8-nvswitch`` fixture, and the ``nvidia`` RuntimeClass runs
+a stand-in for nvidia-container-runtime that exposes, as a file ``/dev/nvidia<index>`` holding the GPU's UUID,
+each GPU that the container's ``NVIDIA_VISIBLE_DEVICES`` names. Every container prints its environment and those
+files; the tests compare them with the pod's ``fracgpu.io/assignment``.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.rest import ApiException
+
+from extender.core.settings import ASSIGNMENT_ANNOTATION
+from extender.testing.factories import container, gpu_pod
+from testbed.controlplane import DEPLOY
+from testbed.node import IMAGE, RUNTIME_HANDLER, Node, NodeError
+from tests.e2e.conftest import SCHEDULER, _unavailable, admission_webhook, tenant_client
+
+NODE = "e2e-node"
+FIXTURE = "h100x8-nvswitch"
+VARIABLES = ("NVIDIA_VISIBLE_DEVICES", "FRACGPU_GPU_UNITS", "FRACGPU_GPU_MEMORY_MIB", "CUDA_MPS_PIPE_DIRECTORY",
+             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+REPORT = (f'for v in {" ".join(VARIABLES)}; do eval "x=\\${{$v-unset}}"; echo "env $v=$x"; done; '
+          'for f in /dev/nvidia*; do [ -f "$f" ] && echo "device $f $(cat $f)"; done; echo end')
+
+
+@pytest.fixture(scope="module")
+def real_node(control_plane, tmp_path_factory):
+    cp = control_plane
+    cp.fake_kubelet.real_nodes.add(NODE)
+    for doc in yaml.safe_load_all((DEPLOY / "55-runtimeclass.yaml").read_text()):
+        utils.create_from_dict(cp.api_client(), doc)
+    try:
+        with Node.start(cp, tmp_path_factory.mktemp("node"), name=NODE, fixture=FIXTURE,
+                        log=lambda m: print(m, flush=True)) as node:
+            yield node
+    except NodeError as exc:
+        _unavailable(f"cannot run a real node: {exc}")
+
+
+@pytest.fixture
+def gpu_namespace(control_plane, real_node, k8s, tls_files):
+    """The test's namespace under deploy/'s webhook, whose extender gives fracgpu pods the ``nvidia`` class."""
+    with admission_webhook(control_plane, tls_files, k8s.namespace, "--runtime-class", RUNTIME_HANDLER):
+        yield tenant_client(control_plane, k8s.namespace)
+
+
+def probe(name: str, *, units: int | None = None, memory_mib: int | None = None, init: bool = False,
+          sidecar: bool = False) -> dict:
+    """A container of the test image that prints what it received; an app container then sleeps."""
+    out = container(name, units=units, memory_mib=memory_mib, sidecar=sidecar)
+    out.update(image=IMAGE, imagePullPolicy="Never",
+               command=["sh", "-c", REPORT if init and not sidecar else REPORT + "; exec sleep 2147483647"])
+    return out
+
+
+def pod_body(namespace: str, name: str, *, containers: list[dict], init: list[dict] = (), gpu_count=None,
+             node: str = NODE, scheduler: str | None = SCHEDULER) -> dict:
+    body = gpu_pod(name, namespace=namespace, gpu_count=gpu_count)
+    del body["metadata"]["uid"]
+    body["spec"] = {
+        "containers": containers, "initContainers": list(init), "hostNetwork": True,
+        "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 0,
+        "nodeSelector": {"kubernetes.io/hostname": node},
+    }
+    if scheduler:
+        body["spec"]["schedulerName"] = scheduler
+    return body
+
+
+def burst(namespace: str) -> list[dict]:
+    """40 pods of mixed shapes that fit one 8-GPU node together: fractions, whole GPUs, spread over two GPUs,
+    two GPU containers with a container without GPU, an init container, a native sidecar."""
+    pods = []
+    for i in range(16):
+        pods.append(pod_body(namespace, f"frac-{i}", containers=[probe("main", units=(5, 10, 15)[i % 3],
+                                                                        memory_mib=1000)]))
+    for i in range(2):
+        pods.append(pod_body(namespace, f"whole-{i}", containers=[probe("main", units=100 * (i + 1))]))
+    for i in range(4):
+        pods.append(pod_body(namespace, f"spread-{i}", gpu_count=2, containers=[probe("main", units=20,
+                                                                                     memory_mib=2000)]))
+    for i in range(8):
+        containers = [probe("main", units=10, memory_mib=1000), probe("helper", units=5, memory_mib=500)]
+        if i % 2:
+            containers.append(probe("logger"))  # no GPU: sees none
+        pods.append(pod_body(namespace, f"pair-{i}", containers=containers))
+    for i in range(6):
+        init = [probe("warmup", units=15, memory_mib=2000, init=True)]
+        if i % 3 == 0:
+            init.append(probe("proxy", units=5, memory_mib=500, init=True, sidecar=True))
+        pods.append(pod_body(namespace, f"init-{i}", init=init, containers=[probe("main", units=10,
+                                                                                    memory_mib=1000)]))
+    for i in range(4):
+        pods.append(pod_body(namespace, f"tiny-{i}", containers=[probe("main", units=5, memory_mib=200)]))
+    assert len(pods) == 40
+    return pods
+
+
+def received(node: Node, pod) -> dict[str, dict]:
+    """Per container: the variables and device files it reported (None where it has not written yet)."""
+    out = {}
+    for spec in [*(pod.spec.init_containers or []), *pod.spec.containers]:
+        text = node.container_output(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, spec.name)
+        if text is None or "end" not in text.splitlines():
+            out[spec.name] = None
+            continue
+        env, devices = {}, {}
+        for line in text.splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "env":
+                key, _, value = rest.partition("=")
+                env[key] = value
+            elif kind == "device":
+                path, _, uuid = rest.partition(" ")
+                devices[path] = uuid
+        out[spec.name] = {"env": env, "devices": devices}
+    return out
+
+
+def mismatches(node: Node, pod) -> list[str]:
+    """Every way the containers' view differs from the pod's assignment (empty: each saw exactly its GPUs)."""
+    assignment = json.loads(pod.metadata.annotations[ASSIGNMENT_ANNOTATION])
+    expected = {c["name"]: c["gpus"] for c in assignment["containers"]}
+    problems = []
+    for name, seen in received(node, pod).items():
+        where = f"{pod.metadata.name}/{name}"
+        if seen is None:
+            problems.append(f"{where}: no report in its log")
+            continue
+        env, gpus = seen["env"], expected.get(name)
+        want = dict.fromkeys(VARIABLES, "unset")
+        if gpus is None:
+            want["NVIDIA_VISIBLE_DEVICES"] = "void"
+            want_devices: dict = {}
+        else:
+            want.update({"NVIDIA_VISIBLE_DEVICES": ",".join(g["uuid"] for g in gpus),
+                         "FRACGPU_GPU_UNITS": ",".join(str(g["units"]) for g in gpus),
+                         "FRACGPU_GPU_MEMORY_MIB": ",".join(str(g["memoryMiB"]) for g in gpus)})
+            want_devices = {f"/dev/nvidia{g['index']}": g["uuid"] for g in gpus}
+        if env != want:
+            problems.append(f"{where}: environment {env}, assignment says {want}")
+        if seen["devices"] != want_devices:
+            problems.append(f"{where}: devices {seen['devices']}, assignment says {want_devices}")
+    return problems
+
+
+def running(k8s, names: set[str], timeout: float = 120.0) -> dict:
+    def all_running():
+        pods = {p.metadata.name: p for p in k8s.core.list_namespaced_pod(k8s.namespace).items}
+        bad = [f"{n}: {p.status.phase} {p.status.reason or ''} {p.status.message or ''}" for n, p in pods.items()
+               if n in names and p.status.phase == "Failed"]
+        assert not bad, f"pods failed: {bad}"
+        return pods if all(pods.get(n) is not None and pods[n].status.phase == "Running" for n in names) else None
+
+    return k8s.wait(all_running, f"{len(names)} pods Running on {NODE}", timeout)
+
+
+def test_every_container_of_a_burst_of_40_sees_exactly_its_assigned_gpus(k8s, real_node, gpu_namespace):
+    tenant = gpu_namespace
+    bodies = burst(k8s.namespace)
+    for body in bodies:
+        tenant.create_namespaced_pod(k8s.namespace, body)
+    pods = running(k8s, {b["metadata"]["name"] for b in bodies})
+
+    def reported():
+        return all(None not in received(real_node, p).values() for p in pods.values())
+
+    k8s.wait(reported, "every container's report in its log")
+    problems = [problem for pod in pods.values() for problem in mismatches(real_node, pod)]
+    assert problems == []
+    assert {p.spec.runtime_class_name for p in pods.values()} == {RUNTIME_HANDLER}
+    k8s.assert_no_overcommit()
+    containers = sum(len(json.loads(p.metadata.annotations[ASSIGNMENT_ANNOTATION])["containers"])
+                     for p in pods.values())
+    assert containers == 16 + 2 + 4 + 8 * 2 + 6 * 2 + 2 + 4  # every GPU container was checked
+
+
+def test_a_pod_without_fracgpu_resources_sees_no_gpu_on_a_gpu_node(control_plane, k8s, real_node, gpu_namespace):
+    """The image sets NVIDIA_VISIBLE_DEVICES=all. Without the ``nvidia`` class the pod runs with plain runc, which
+    exposes nothing; admission refuses it that class. The same image with the class (created where no webhook
+    looks) would see all eight GPUs, so the check is not vacuous."""
+    tenant, ns = gpu_namespace, k8s.namespace
+    plain = pod_body(ns, "plain", containers=[probe("main")], scheduler=None)
+    plain["spec"]["nodeName"] = NODE
+    del plain["spec"]["nodeSelector"]
+    tenant.create_namespaced_pod(ns, plain)
+    asking = dict(plain, metadata={"name": "asking", "namespace": ns})
+    asking["spec"] = dict(plain["spec"], runtimeClassName=RUNTIME_HANDLER)
+    with pytest.raises(ApiException) as caught:
+        tenant.create_namespaced_pod(ns, asking)
+    assert caught.value.status == 403 and "spec.runtimeClassName: 'nvidia' is the runtime that exposes GPUs" in \
+        caught.value.body, caught.value.body
+
+    control_ns = f"{ns}-control"  # outside every webhook's namespaceSelector
+    control_plane.core.create_namespace({"metadata": {"name": control_ns}})
+    control_plane.core.create_namespaced_service_account(control_ns, {"metadata": {"name": "default"}})
+    try:
+        control = dict(asking, metadata={"name": "control", "namespace": control_ns})
+        control_plane.core.create_namespaced_pod(control_ns, control)
+        pods = running(k8s, {"plain"})
+        controls = k8s.wait(lambda: [p for p in control_plane.core.list_namespaced_pod(control_ns).items
+                                     if p.status.phase == "Running"], "the control pod Running", 60)
+        seen = k8s.wait(lambda: received(real_node, pods["plain"])["main"], "the plain pod's report")
+        assert seen == {"env": {**dict.fromkeys(VARIABLES, "unset"), "NVIDIA_VISIBLE_DEVICES": "all"}, "devices": {}}
+        control_seen = k8s.wait(lambda: received(real_node, controls[0])["main"], "the control pod's report")
+        assert len(control_seen["devices"]) == 8 and control_seen["env"]["NVIDIA_VISIBLE_DEVICES"] == "all"
+    finally:
+        control_plane.core.delete_namespace(control_ns)
+        for pod in control_plane.core.list_namespaced_pod(control_ns).items:
+            control_plane.core.delete_namespaced_pod(pod.metadata.name, control_ns, grace_period_seconds=0)
