@@ -119,3 +119,19 @@ def test_agent_role_is_exactly_what_the_agent_calls():
     binding = next(d for d in all_deploy_documents()
                    if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "fracgpu-agent")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-system"}]
+
+
+def test_mps_daemonset_serves_exactly_the_nodes_and_paths_admission_sends_mps_pods_to():
+    from extender.agent.cli import _parser
+    from extender.core.admission import MPS_TOLERATION, MPS_VOLUMES
+    from extender.core.handoff import MPS_ROOT
+
+    daemonset = next(d for d in all_deploy_documents() if d["metadata"]["name"] == "fracgpu-mps")
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"fracgpu.io/sharing": "mps"} and MPS_TOLERATION in spec["tolerations"]
+    (daemon,) = spec["containers"]
+    assert _parser().parse_args(daemon["command"][1:] + daemon["args"]).command == "mps"
+    hosts = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+    mounts = {m["mountPath"]: hosts[m["name"]] for m in daemon["volumeMounts"]}
+    assert mounts == {MPS_ROOT: MPS_ROOT, "/dev/shm": MPS_VOLUMES["fracgpu-mps-shm"][0]}  # the clients' /dev/shm
+    assert MPS_VOLUMES["fracgpu-mps-pipe"][0].startswith(MPS_ROOT + "/")

@@ -4,6 +4,7 @@
     fracgpu-agent inventory --print --fake t4x4-two-sockets   # a fixture machine, for demos and tests
     fracgpu-agent run                                 # publish to $NODE_NAME and keep it current (the DaemonSet)
     fracgpu-agent run --node-name gpu-1 --kubeconfig ~/.kube/config --fake h100x8-nvswitch --once
+    fracgpu-agent mps                                 # the MPS control daemon of an MPS node (deploy/70-mps.yaml)
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default {defaults.memory_threshold_mib})")
     run.add_argument("--once", action="store_true", help="publish once and exit (1 if the API call failed)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    mps = sub.add_parser("mps", help="run the MPS control daemon of this node until SIGTERM")
+    mps.add_argument("--fake", metavar="FIXTURE", help="a fixture machine instead of NVML (tests)")
+    mps.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                     help="how often the daemon is asked whether it answers (default 10)")
+    mps.add_argument("--multiuser-server", action="store_true",
+                     help="one MPS server for clients of every Linux user (Volta and later); without it, pods "
+                          "running as different users take the GPU in turns")
+    mps.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "mps":
+        return mps(args)
     try:
         nvml = open_nvml(args.fake)
     except RuntimeError as exc:
@@ -133,6 +145,27 @@ def run(args: argparse.Namespace) -> int:
         publisher.run(stop)
         logging.getLogger("fracgpu.agent").info("stopped after %d patches", publisher.patches)
         return 0
+    finally:
+        nvml.nvmlShutdown()
+
+
+def mps(args: argparse.Namespace) -> int:
+    from .mps import MpsDaemon
+
+    logs.configure(args.log_level)
+    try:
+        nvml = open_nvml(args.fake)
+    except RuntimeError as exc:
+        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        return MpsDaemon(nvml, multiuser=args.multiuser_server).serve(stop, args.interval)
+    except (RuntimeError, OSError, nvml.NVMLError) as exc:
+        print(f"fracgpu-agent mps: {exc}", file=sys.stderr)
+        return 1
     finally:
         nvml.nvmlShutdown()
 

@@ -6,13 +6,13 @@ handling is exercised against the real exception hierarchy. A fixture (``fixture
     {"driver": "550.54.15",
      "gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...", "memoryMiB": 81559, "usedMiB": 0,
                "busId": "00000000:18:00.0", "numa": 0, "socket": 0, "hostBridge": 0, "switch": 0,
-               "mig": false, "eccUncorrected": 0, "retiredPagesPending": false,
+               "mig": false, "eccUncorrected": 0, "retiredPagesPending": false, "computeMode": 0,
                "nvlinks": [{"to": "switch" or "00000000:2A:00.0", "links": 18}, ...],
                "fail": {"uuid": "NotSupported", ...},      # a call answered with that NVMLError_*
                "lost": false}]}                           # every call: NVMLError_GpuIsLost
 
 Failable calls, by key: ``handle``, ``uuid``, ``name``, ``memory``, ``mig``, ``numa``, ``ecc``, ``retired``,
-``pci``, ``nvlink``, ``topology``.
+``pci``, ``nvlink``, ``topology``, ``compute`` (get and set the compute mode).
 """
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ class FakeNvml:
     def nvmlDeviceGetMigMode(self, h: int) -> list[int]:
         mode = int(bool(self._gpu(h, "mig").get("mig", False)))
         return [mode, mode]
+
+    def nvmlDeviceGetComputeMode(self, h: int) -> int:
+        return self._gpu(h, "compute").get("computeMode", pynvml.NVML_COMPUTEMODE_DEFAULT)
+
+    def nvmlDeviceSetComputeMode(self, h: int, mode: int) -> None:
+        self._gpu(h, "compute")["computeMode"] = mode
 
     def nvmlDeviceGetNumaNodeId(self, h: int) -> int:
         gpu = self._gpu(h, "numa")

@@ -9,13 +9,16 @@ files; the tests compare them with the pod's ``fracgpu.io/assignment``.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
-from extender.core.settings import ASSIGNMENT_ANNOTATION
+from extender.core.handoff import MPS_PIPES, MPS_ROOT, MPS_SHM
+from extender.core.settings import ASSIGNMENT_ANNOTATION, MPS, SHARING_ANNOTATION, SHARING_LABEL
 from extender.testing.factories import container, gpu_pod
 from testbed.controlplane import DEPLOY
 from testbed.node import IMAGE, RUNTIME_HANDLER, Node, NodeError
@@ -26,7 +29,8 @@ FIXTURE = "h100x8-nvswitch"
 VARIABLES = ("NVIDIA_VISIBLE_DEVICES", "FRACGPU_GPU_UNITS", "FRACGPU_GPU_MEMORY_MIB", "CUDA_MPS_PIPE_DIRECTORY",
              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
 REPORT = (f'for v in {" ".join(VARIABLES)}; do eval "x=\\${{$v-unset}}"; echo "env $v=$x"; done; '
-          'for f in /dev/nvidia*; do [ -f "$f" ] && echo "device $f $(cat $f)"; done; echo end')
+          'for f in /dev/nvidia*; do [ -f "$f" ] && echo "device $f $(cat $f)"; done; '
+          f'for f in {MPS_PIPES}/* /dev/shm/*; do [ -f "$f" ] && echo "file $f"; done; echo end')
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def received(node: Node, pod) -> dict[str, dict]:
         if text is None or "end" not in text.splitlines():
             out[spec.name] = None
             continue
-        env, devices = {}, {}
+        env, devices, files = {}, {}, []
         for line in text.splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "env":
@@ -119,7 +123,9 @@ def received(node: Node, pod) -> dict[str, dict]:
             elif kind == "device":
                 path, _, uuid = rest.partition(" ")
                 devices[path] = uuid
-        out[spec.name] = {"env": env, "devices": devices}
+            elif kind == "file":
+                files.append(rest)
+        out[spec.name] = {"env": env, "devices": devices, "files": files}
     return out
 
 
@@ -207,10 +213,51 @@ def test_a_pod_without_fracgpu_resources_sees_no_gpu_on_a_gpu_node(control_plane
         controls = k8s.wait(lambda: [p for p in control_plane.core.list_namespaced_pod(control_ns).items
                                      if p.status.phase == "Running"], "the control pod Running", 60)
         seen = k8s.wait(lambda: received(real_node, pods["plain"])["main"], "the plain pod's report")
-        assert seen == {"env": {**dict.fromkeys(VARIABLES, "unset"), "NVIDIA_VISIBLE_DEVICES": "all"}, "devices": {}}
+        assert seen == {"env": {**dict.fromkeys(VARIABLES, "unset"), "NVIDIA_VISIBLE_DEVICES": "all"}, "devices": {},
+                        "files": []}
         control_seen = k8s.wait(lambda: received(real_node, controls[0])["main"], "the control pod's report")
         assert len(control_seen["devices"]) == 8 and control_seen["env"]["NVIDIA_VISIBLE_DEVICES"] == "all"
     finally:
         control_plane.core.delete_namespace(control_ns)
         for pod in control_plane.core.list_namespaced_pod(control_ns).items:
             control_plane.core.delete_namespaced_pod(pod.metadata.name, control_ns, grace_period_seconds=0)
+
+
+@pytest.fixture
+def mps_node(control_plane, real_node):
+    """The node as an MPS node: its label and taint, and the MPS daemon's directories (no daemon runs: no GPU)
+    with a file in each, so a container shows which it mounted."""
+    core = control_plane.core
+    created = not Path(MPS_ROOT).exists()
+    for directory in (MPS_PIPES, MPS_SHM):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "from-the-daemon").write_text("")
+    taint = {"key": SHARING_LABEL, "value": MPS, "effect": "NoSchedule"}
+    core.patch_node(NODE, {"metadata": {"labels": {SHARING_LABEL: MPS}}, "spec": {"taints": [taint]}})
+    try:
+        yield NODE
+    finally:
+        core.patch_node(NODE, {"metadata": {"labels": {SHARING_LABEL: None}}, "spec": {"taints": None}})
+        if created:
+            shutil.rmtree(MPS_ROOT, ignore_errors=True)
+
+
+def test_an_mps_pod_gets_the_mps_daemons_pipes_and_shared_memory_and_its_limits(k8s, real_node, mps_node,
+                                                                               gpu_namespace):
+    tenant, ns = gpu_namespace, k8s.namespace
+    body = pod_body(ns, "mps", gpu_count=2, containers=[probe("main", units=60, memory_mib=20000), probe("logger")])
+    body["metadata"]["annotations"][SHARING_ANNOTATION] = MPS
+    tenant.create_namespaced_pod(ns, body)
+    tenant.create_namespaced_pod(ns, pod_body(ns, "time-sliced", containers=[probe("main", units=10)]))
+    pod = running(k8s, {"mps"})["mps"]
+    assert "untolerated taint" in k8s.failed("time-sliced")  # MPS nodes are for MPS pods only
+    seen = k8s.wait(lambda: received(real_node, pod)["main"], "the MPS pod's report")
+    (gpus,) = [c["gpus"] for c in json.loads(pod.metadata.annotations[ASSIGNMENT_ANNOTATION])["containers"]]
+    assert seen["env"] == {
+        "NVIDIA_VISIBLE_DEVICES": ",".join(g["uuid"] for g in gpus), "FRACGPU_GPU_UNITS": "30,30",
+        "FRACGPU_GPU_MEMORY_MIB": "10000,10000", "CUDA_MPS_PIPE_DIRECTORY": MPS_PIPES,
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": ",".join(f"{g['uuid']}=10000M" for g in gpus)}
+    assert set(seen["files"]) == {f"{MPS_PIPES}/from-the-daemon", "/dev/shm/from-the-daemon"}
+    logger = received(real_node, pod)["logger"]
+    assert logger["env"]["NVIDIA_VISIBLE_DEVICES"] == "void" and logger["files"] == [] and not logger["devices"]
