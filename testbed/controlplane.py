@@ -311,6 +311,40 @@ class ControlPlane:
                 "--kubeconfig", str(self.kubeconfig("agent")), *args]
         return self._spawn(f"agent-{node}", argv, env=dict(os.environ, PYTHONUNBUFFERED="1", NODE_NAME=node))
 
+    @contextlib.contextmanager
+    def admission_webhook(self, namespace: str, *extender_args: str) -> Iterator[Process]:
+        """An extender serving /admit/pods over TLS, as deploy/ runs it, registered with deploy/60-admission.yaml's
+        webhook (its rules, matchConditions and failurePolicy: Fail) for pods of one namespace."""
+        import base64
+
+        from kubernetes import client
+
+        serving = self.pki / "admission.crt"
+        if not serving.exists():
+            cert = self.ca.issue_cert("127.0.0.1")
+            cert.cert_chain_pems[0].write_to_path(str(serving))
+            cert.private_key_pem.write_to_path(str(self.pki / "admission.key"))
+        port = free_port()
+        name = f"extender-admission-{namespace}"
+        extender = self.start_extender("--admission-listen", f"127.0.0.1:{port}", "--admission-tls-cert",
+                                       str(serving), "--admission-tls-key", str(self.pki / "admission.key"),
+                                       *extender_args, name=name, port=free_port())
+        configuration = next(d for d in yaml.safe_load_all((DEPLOY / "60-admission.yaml").read_text())
+                             if d["kind"] == "MutatingWebhookConfiguration")
+        configuration["metadata"]["name"] = f"fracgpu-{namespace}"
+        (hook,) = configuration["webhooks"]
+        hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/admit/pods",
+                                "caBundle": base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()}
+        hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        registrations = client.AdmissionregistrationV1Api(self.api_client())
+        registrations.create_mutating_webhook_configuration(configuration)
+        try:
+            yield extender
+        finally:
+            registrations.delete_mutating_webhook_configuration(f"fracgpu-{namespace}")
+            extender.stop()
+            self.processes.pop(name, None)
+
     def stop_extender(self, sig: int = signal.SIGKILL) -> None:
         proc = self.processes.pop("extender", None)
         if proc is not None:

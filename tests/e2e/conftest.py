@@ -5,8 +5,6 @@ elsewhere they are skipped with that error shown.
 """
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import os
 import threading
@@ -15,10 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from testbed.build_control_plane import BuildError, build
-from testbed.controlplane import DEPLOY, TENANT_USER, ControlPlane, ControlPlaneError, free_port
+from testbed.controlplane import TENANT_USER, ControlPlane, ControlPlaneError
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
 from extender.testing.factories import gpu_pod
 
@@ -275,34 +272,6 @@ def tls_files(tmp_path):
     client.cert_chain_pems[0].write_to_path(str(files["client-cert"]))
     client.private_key_pem.write_to_path(str(files["client-key"]))
     return files
-
-
-@contextlib.contextmanager
-def admission_webhook(cp: ControlPlane, tls_files: dict, namespace: str, *extender_args: str):
-    """An extender serving /admit/pods over TLS, as deploy/ runs it, registered with deploy/60-admission.yaml's
-    webhook (its rules, matchConditions and failurePolicy: Fail) for one namespace."""
-    from kubernetes import client
-
-    port = free_port()
-    name = f"extender-admission-{namespace}"
-    extender = cp.start_extender("--admission-listen", f"127.0.0.1:{port}", "--admission-tls-cert",
-                                 str(tls_files["cert"]), "--admission-tls-key", str(tls_files["key"]),
-                                 *extender_args, name=name, port=free_port())
-    configuration = next(d for d in yaml.safe_load_all((DEPLOY / "60-admission.yaml").read_text())
-                         if d["kind"] == "MutatingWebhookConfiguration")
-    configuration["metadata"]["name"] = f"fracgpu-{namespace}"
-    (hook,) = configuration["webhooks"]
-    hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/admit/pods",
-                            "caBundle": base64.b64encode(tls_files["ca"].read_bytes()).decode()}
-    hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-    registrations = client.AdmissionregistrationV1Api(cp.api_client())
-    registrations.create_mutating_webhook_configuration(configuration)
-    try:
-        yield extender
-    finally:
-        registrations.delete_mutating_webhook_configuration(f"fracgpu-{namespace}")
-        extender.stop()
-        cp.processes.pop(name, None)
 
 
 def tenant_client(cp: ControlPlane, namespace: str):

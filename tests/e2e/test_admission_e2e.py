@@ -9,14 +9,14 @@ from kubernetes.client.rest import ApiException
 
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_pod
-from tests.e2e.conftest import SCHEDULER, admission_webhook, tenant_client
+from tests.e2e.conftest import SCHEDULER, tenant_client
 
 
 @pytest.fixture
-def webhook(control_plane, k8s, tls_files):
+def webhook(control_plane, k8s):
     """deploy/'s webhook served over TLS, for the test's namespace; yields a client of the tenant, who may only
     create, patch and read pods there."""
-    with admission_webhook(control_plane, tls_files, k8s.namespace):
+    with control_plane.admission_webhook(k8s.namespace):
         yield tenant_client(control_plane, k8s.namespace)
 
 

@@ -14,25 +14,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client, utils
+from kubernetes import utils
 from kubernetes.client.rest import ApiException
 
 from extender.core.handoff import MPS_PIPES, MPS_ROOT, MPS_SHM
 from extender.core.settings import ASSIGNMENT_ANNOTATION, MPS, SHARING_ANNOTATION, SHARING_LABEL
-from extender.testing.factories import container, gpu_pod
 from testbed.controlplane import DEPLOY
-from testbed.node import IMAGE, RUNTIME_HANDLER, Node, NodeError
-from tests.e2e.conftest import SCHEDULER, _unavailable, admission_webhook, tenant_client
+from testbed.node import RUNTIME_HANDLER, Node, NodeError
+from testbed.pods import VARIABLES, burst, parse_report, pod_body, probe
+from tests.e2e.conftest import _unavailable, tenant_client
 
 NODE = "e2e-node"
 FIXTURE = "h100x8-nvswitch"
-VARIABLES = ("NVIDIA_VISIBLE_DEVICES", "FRACGPU_GPU_UNITS", "FRACGPU_GPU_MEMORY_MIB", "CUDA_MPS_PIPE_DIRECTORY",
-             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
-REPORT = (f'for v in {" ".join(VARIABLES)}; do eval "x=\\${{$v-unset}}"; echo "env $v=$x"; done; '
-          'for f in /dev/nvidia*; do [ -f "$f" ] && echo "device $f $(cat $f)"; done; '
-          f'for f in {MPS_PIPES}/* /dev/shm/*; do [ -f "$f" ] && echo "file $f"; done; echo end')
-
-
 @pytest.fixture(scope="module")
 def real_node(control_plane, tmp_path_factory):
     cp = control_plane
@@ -48,84 +41,18 @@ def real_node(control_plane, tmp_path_factory):
 
 
 @pytest.fixture
-def gpu_namespace(control_plane, real_node, k8s, tls_files):
+def gpu_namespace(control_plane, real_node, k8s):
     """The test's namespace under deploy/'s webhook, whose extender gives fracgpu pods the ``nvidia`` class."""
-    with admission_webhook(control_plane, tls_files, k8s.namespace, "--runtime-class", RUNTIME_HANDLER):
+    with control_plane.admission_webhook(k8s.namespace, "--runtime-class", RUNTIME_HANDLER):
         yield tenant_client(control_plane, k8s.namespace)
 
 
-def probe(name: str, *, units: int | None = None, memory_mib: int | None = None, init: bool = False,
-          sidecar: bool = False) -> dict:
-    """A container of the test image that prints what it received; an app container then sleeps."""
-    out = container(name, units=units, memory_mib=memory_mib, sidecar=sidecar)
-    out.update(image=IMAGE, imagePullPolicy="Never",
-               command=["sh", "-c", REPORT if init and not sidecar else REPORT + "; exec sleep 2147483647"])
-    return out
-
-
-def pod_body(namespace: str, name: str, *, containers: list[dict], init: list[dict] = (), gpu_count=None,
-             node: str = NODE, scheduler: str | None = SCHEDULER) -> dict:
-    body = gpu_pod(name, namespace=namespace, gpu_count=gpu_count)
-    del body["metadata"]["uid"]
-    body["spec"] = {
-        "containers": containers, "initContainers": list(init), "hostNetwork": True,
-        "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 0,
-        "nodeSelector": {"kubernetes.io/hostname": node},
-    }
-    if scheduler:
-        body["spec"]["schedulerName"] = scheduler
-    return body
-
-
-def burst(namespace: str) -> list[dict]:
-    """40 pods of mixed shapes that fit one 8-GPU node together: fractions, whole GPUs, spread over two GPUs,
-    two GPU containers with a container without GPU, an init container, a native sidecar."""
-    pods = []
-    for i in range(16):
-        pods.append(pod_body(namespace, f"frac-{i}", containers=[probe("main", units=(5, 10, 15)[i % 3],
-                                                                        memory_mib=1000)]))
-    for i in range(2):
-        pods.append(pod_body(namespace, f"whole-{i}", containers=[probe("main", units=100 * (i + 1))]))
-    for i in range(4):
-        pods.append(pod_body(namespace, f"spread-{i}", gpu_count=2, containers=[probe("main", units=20,
-                                                                                     memory_mib=2000)]))
-    for i in range(8):
-        containers = [probe("main", units=10, memory_mib=1000), probe("helper", units=5, memory_mib=500)]
-        if i % 2:
-            containers.append(probe("logger"))  # no GPU: sees none
-        pods.append(pod_body(namespace, f"pair-{i}", containers=containers))
-    for i in range(6):
-        init = [probe("warmup", units=15, memory_mib=2000, init=True)]
-        if i % 3 == 0:
-            init.append(probe("proxy", units=5, memory_mib=500, init=True, sidecar=True))
-        pods.append(pod_body(namespace, f"init-{i}", init=init, containers=[probe("main", units=10,
-                                                                                    memory_mib=1000)]))
-    for i in range(4):
-        pods.append(pod_body(namespace, f"tiny-{i}", containers=[probe("main", units=5, memory_mib=200)]))
-    assert len(pods) == 40
-    return pods
-
-
-def received(node: Node, pod) -> dict[str, dict]:
-    """Per container: the variables and device files it reported (None where it has not written yet)."""
+def received(node: Node, pod) -> dict[str, dict | None]:
+    """Per container: what it reported (:func:`testbed.pods.parse_report`), None where it has not yet."""
     out = {}
     for spec in [*(pod.spec.init_containers or []), *pod.spec.containers]:
         text = node.container_output(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, spec.name)
-        if text is None or "end" not in text.splitlines():
-            out[spec.name] = None
-            continue
-        env, devices, files = {}, {}, []
-        for line in text.splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind == "env":
-                key, _, value = rest.partition("=")
-                env[key] = value
-            elif kind == "device":
-                path, _, uuid = rest.partition(" ")
-                devices[path] = uuid
-            elif kind == "file":
-                files.append(rest)
-        out[spec.name] = {"env": env, "devices": devices, "files": files}
+        out[spec.name] = parse_report(text) if text is not None else None
     return out
 
 
@@ -169,7 +96,7 @@ def running(k8s, names: set[str], timeout: float = 120.0) -> dict:
 
 def test_every_container_of_a_burst_of_40_sees_exactly_its_assigned_gpus(k8s, real_node, gpu_namespace):
     tenant = gpu_namespace
-    bodies = burst(k8s.namespace)
+    bodies = burst(k8s.namespace, NODE)
     for body in bodies:
         tenant.create_namespaced_pod(k8s.namespace, body)
     pods = running(k8s, {b["metadata"]["name"] for b in bodies})
@@ -192,7 +119,7 @@ def test_a_pod_without_fracgpu_resources_sees_no_gpu_on_a_gpu_node(control_plane
     exposes nothing; admission refuses it that class. The same image with the class (created where no webhook
     looks) would see all eight GPUs, so the check is not vacuous."""
     tenant, ns = gpu_namespace, k8s.namespace
-    plain = pod_body(ns, "plain", containers=[probe("main")], scheduler=None)
+    plain = pod_body(ns, "plain", node=NODE, containers=[probe("main")], scheduler=None)
     plain["spec"]["nodeName"] = NODE
     del plain["spec"]["nodeSelector"]
     tenant.create_namespaced_pod(ns, plain)
@@ -245,10 +172,11 @@ def mps_node(control_plane, real_node):
 def test_an_mps_pod_gets_the_mps_daemons_pipes_and_shared_memory_and_its_limits(k8s, real_node, mps_node,
                                                                                gpu_namespace):
     tenant, ns = gpu_namespace, k8s.namespace
-    body = pod_body(ns, "mps", gpu_count=2, containers=[probe("main", units=60, memory_mib=20000), probe("logger")])
+    body = pod_body(ns, "mps", node=NODE, gpu_count=2,
+                    containers=[probe("main", units=60, memory_mib=20000), probe("logger")])
     body["metadata"]["annotations"][SHARING_ANNOTATION] = MPS
     tenant.create_namespaced_pod(ns, body)
-    tenant.create_namespaced_pod(ns, pod_body(ns, "time-sliced", containers=[probe("main", units=10)]))
+    tenant.create_namespaced_pod(ns, pod_body(ns, "time-sliced", node=NODE, containers=[probe("main", units=10)]))
     pod = running(k8s, {"mps"})["mps"]
     assert "untolerated taint" in k8s.failed("time-sliced")  # MPS nodes are for MPS pods only
     seen = k8s.wait(lambda: received(real_node, pod)["main"], "the MPS pod's report")
