@@ -52,3 +52,25 @@ def test_by_kind_counts_every_share_as_one_kind():
 def test_an_unknown_affinity_is_named_with_those_that_exist():
     with pytest.raises(ValueError, match="gpu-clustering: affinity must be one of share, kind, not 'size'"):
         make_policy("gpu-clustering", affinity="size")
+
+
+@pytest.mark.parametrize("affinity", ["share", "kind"])
+def test_warm_counts_every_node_so_that_evaluations_count_only_nodes_that_changed(affinity):
+    nodes = [sim_node(n, cpu_milli=64000, memory_mib=1 << 20, gpus=4, model="G2") for n in "abc"]
+    ledger = sim_ledger(*nodes)
+    packing = make_policy("gpu-packing")
+    for i, node in enumerate("aab"):
+        sim_hold(ledger, sim_pod(f"p{i}", 0, gpus=1, milli=250 * (i + 1)), node, packing)
+    warmed, cold = make_policy("gpu-clustering", affinity=affinity), make_policy("gpu-clustering", affinity=affinity)
+    memo = warmed._kinds.memo
+    counted = []
+    compute = memo._compute
+    memo._compute = lambda ledger, rows: counted.append(len(rows)) or compute(ledger, rows)
+    warmed.warm(ledger)
+    assert counted == [3]
+    request = parse_pod(gpu_pod("q", units=25, memory_mib=100), ledger.settings)
+    scores = evaluate(ledger, request, ["a", "b", "c"], warmed).scores
+    assert counted == [3] and list(scores) == list(evaluate(ledger, request, ["a", "b", "c"], cold).scores)
+    sim_hold(ledger, sim_pod("p9", 0, gpus=1, milli=500), "c", packing)
+    evaluate(ledger, request, ["a", "b", "c"], warmed)
+    assert counted == [3, 1]  # only "c", which changed

@@ -263,6 +263,11 @@ class Policy(ABC):
     @abstractmethod
     def node_score(self, view: View, need: Need, take: Take) -> np.ndarray: ...
 
+    def warm(self, ledger: "Ledger") -> None:
+        """Work out now what the policy keeps per node (its :class:`~extender.core.rows.RowMemo`), for every node
+        of ``ledger``, so that the first evaluations do not pay for it: the extender calls this once its ledger
+        holds the whole cluster. A policy that keeps nothing per node does nothing."""
+
     def describe(self) -> str:
         """The name, with the parameters that differ from the constructor's defaults: ``best-fit(dims=cpu+units)``."""
         changed = [f"{key}={getattr(self, key)}" for key, p in inspect.signature(type(self)).parameters.items()
