@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 MAX_SCORE = 10.0
 
 
+class _Gathered:
+    """A :class:`View` array: the ledger's array of the same name, for the view's rows, gathered when first read
+    and then kept on the view (a non-data descriptor, so the next read finds the kept value first)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, view: "View", owner: type | None = None) -> np.ndarray:
+        value = view._rows_of(getattr(view.ledger, self.name))
+        view.__dict__[self.name] = value
+        return value
+
+
 class View:
     """The candidate nodes' rows of the ledger (``rows``): a policy scores this one state of the ledger.
 
@@ -60,49 +73,20 @@ class View:
         assert self.ledger.generation == self.generation, "a view read after its ledger changed"
         return array.take(self.rows, axis=0)
 
-    @lazy
-    def free_units(self) -> np.ndarray:
-        return self._rows_of(self.ledger.free_units)
-
-    @lazy
-    def free_mem(self) -> np.ndarray:
-        return self._rows_of(self.ledger.free_mem)
-
-    @lazy
-    def offered_units(self) -> np.ndarray:
-        return self._rows_of(self.ledger.offered_units)
-
-    @lazy
-    def mem_usable(self) -> np.ndarray:
-        return self._rows_of(self.ledger.mem_usable)
-
-    @lazy
-    def used_units(self) -> np.ndarray:
-        return self._rows_of(self.ledger.used_units)
-
-    @lazy
-    def used_mem(self) -> np.ndarray:
-        return self._rows_of(self.ledger.used_mem)
-
-    @lazy
-    def pods(self) -> np.ndarray:
-        return self._rows_of(self.ledger.pods)
-
-    @lazy
-    def cpu_total(self) -> np.ndarray:
-        return self._rows_of(self.ledger.cpu_total)
+    free_units = _Gathered()
+    free_mem = _Gathered()
+    offered_units = _Gathered()
+    mem_usable = _Gathered()
+    used_units = _Gathered()
+    used_mem = _Gathered()
+    pods = _Gathered()
+    cpu_total = _Gathered()
+    cpu_room = _Gathered()
+    free_units_sum = _Gathered()
 
     @lazy
     def cpu_free(self) -> np.ndarray:
         return self.cpu_total - self._rows_of(self.ledger.cpu_used)
-
-    @lazy
-    def cpu_room(self) -> np.ndarray:
-        return self._rows_of(self.ledger.cpu_room)
-
-    @lazy
-    def free_units_sum(self) -> np.ndarray:
-        return self._rows_of(self.ledger.free_units_sum)
 
     @property
     def positions(self) -> np.ndarray:
