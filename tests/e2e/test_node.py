@@ -19,8 +19,8 @@ from kubernetes.client.rest import ApiException
 
 from extender.core.handoff import MPS_PIPES, MPS_ROOT, MPS_SHM
 from extender.core.settings import ASSIGNMENT_ANNOTATION, MPS, SHARING_ANNOTATION, SHARING_LABEL
-from testbed.controlplane import DEPLOY
-from testbed.node import RUNTIME_HANDLER, Node, NodeError
+from testbed.controlplane import DEPLOY, ControlPlaneError
+from testbed.node import RUNTIME_HANDLER, Node
 from testbed.pods import VARIABLES, burst, parse_report, pod_body, probe
 from tests.e2e.conftest import _unavailable, tenant_client
 
@@ -36,7 +36,7 @@ def real_node(control_plane, tmp_path_factory):
         with Node.start(cp, tmp_path_factory.mktemp("node"), name=NODE, fixture=FIXTURE,
                         log=lambda m: print(m, flush=True)) as node:
             yield node
-    except NodeError as exc:
+    except ControlPlaneError as exc:  # NodeError too: packages, containerd, kubelet
         _unavailable(f"cannot run a real node: {exc}")
 
 
