@@ -26,7 +26,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from .experiments import InflationResult, inflation
-from .policy_specs import PAPER_UNALLOCATED, PolicySpec
+from .policy_specs import PolicySpec, paper_figures
 from .trace import load_nodes, load_pods
 
 _TRACE: dict = {}
@@ -105,7 +105,8 @@ class Summary:
         return None if self.paper is None else self.mean - self.paper
 
 
-def summarise(results: Sequence[InflationResult]) -> list[Summary]:
+def summarise(results: Sequence[InflationResult], paper: dict[str, float]) -> list[Summary]:
+    """Per policy over its seeds; ``paper``: the published figure per policy label, where there is one."""
     by_policy: dict[str, list[InflationResult]] = {}
     for r in results:
         by_policy.setdefault(r.policy, []).append(r)
@@ -114,7 +115,7 @@ def summarise(results: Sequence[InflationResult]) -> list[Summary]:
         values = [r.unallocated_at_100 for r in runs]
         out.append(Summary(policy, len(runs), statistics.fmean(values), statistics.pstdev(values), min(values),
                            max(values), statistics.fmean(sum(r.failed.values()) for r in runs),
-                           PAPER_UNALLOCATED.get(policy)))
+                           paper.get(policy)))
     return out
 
 
@@ -164,7 +165,7 @@ def write_outputs(results: Sequence[InflationResult], specs: Sequence[PolicySpec
             for c in r.curve:
                 writer.writerow([r.policy, r.seed, f"{c.arrived_pct:.3f}", f"{c.allocated_pct:.4f}",
                                  f"{c.fragmented_pct:.4f}", f"{c.frag_ratio_pct:.4f}"])
-    summaries = summarise(results)
+    summaries = summarise(results, paper_figures(settings.pods))
     failed = Counter()
     for r in results:
         failed.update({(r.policy, reason): n for reason, n in r.failed.items()})

@@ -63,6 +63,10 @@ def replay(nodes, pods: Sequence[SimPod], make: PolicyFactory, *, seed: int, arr
     """Replay ``pods``; ``observer(time, cluster)`` is called after every event (tests check invariants there)."""
     if not arrival_scale > 0:
         raise ValueError(f"arrival scale must be positive, not {arrival_scale}")
+    timeless = sum(1 for pod in pods if pod.arrival is None)
+    if timeless:
+        raise ValueError(f"replay needs each pod's arrival time, and {timeless} of {len(pods)} pods have none (an "
+                         f"openb trace without its creation_time column): use compare, which needs none")
     policy = make(seed, workload_of(pods, coverage))
     cluster = SimCluster(nodes, policy, rng=random.Random(seed), tie_break=tie_break)
     ordered = sorted(pods, key=lambda p: (p.arrival, p.name))

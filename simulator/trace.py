@@ -76,7 +76,7 @@ class SimPod:
     gpu_memory_mib: int | None = None
     models: tuple[str, ...] | None = None
     pool: str | None = None
-    arrival: float = 0.0
+    arrival: float | None = 0.0  # None: the trace has no arrival times (inflation needs none, replay does)
     duration: float | None = None
 
     @property
@@ -188,7 +188,9 @@ def load_openb_nodes(path: str | Path | None = None) -> list[NodeInventory]:
 def load_openb_pods(path: str | Path | None = None) -> list[SimPod]:
     path = Path(path) if path else default_path("openb_pod_list_default.csv")
     pods, seen = [], set()
-    columns = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "creation_time")
+    # gpu_spec (absent: any GPU model), creation_time (absent: no arrivals; replay needs them, compare does not),
+    # deletion_time and scheduled_time (absent: the pod runs to the end) are optional columns
+    columns = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
     for line, row, problems in _csv_rows(path, columns):
         try:
             name = (row["name"] or "").strip()
@@ -203,14 +205,16 @@ def load_openb_pods(path: str | Path | None = None) -> list[SimPod]:
             if count > 1 and milli != UNITS_PER_GPU:
                 raise ValueError(f"num_gpu {count} must take whole GPUs (gpu_milli 1000), got {milli}")
             spec = (row.get("gpu_spec") or "").strip()
-            created = _int(row, "creation_time")
+            created = _int(row, "creation_time") if "creation_time" in row else None
             deleted = _optional_int(row, "deletion_time")
             started = _optional_int(row, "scheduled_time")
-            duration = None if deleted is None else max(deleted - (started if started is not None else created), 0)
+            begun = started if started is not None else created
+            duration = None if deleted is None or begun is None else max(deleted - begun, 0)
             pods.append(SimPod(name=name, cpu_milli=_int(row, "cpu_milli"), memory_mib=_int(row, "memory_mib"),
                                gpu_count=count, gpu_milli=milli,
                                models=tuple(m for m in spec.split("|") if m) or None,
-                               arrival=float(created), duration=None if duration is None else float(duration)))
+                               arrival=None if created is None else float(created),
+                               duration=None if duration is None else float(duration)))
             seen.add(name)
         except ValueError as exc:
             problems.add(line, str(exc))

@@ -84,6 +84,29 @@ def test_bad_csv_rows_are_reported_with_file_and_line(tmp_path):
         assert f"{path}:{line}: " in text and what in text
 
 
+def test_a_trace_of_only_the_required_columns_loads_for_compare_and_replay_says_what_it_lacks(tmp_path):
+    """The multigpu traces have name, cpu_milli, memory_mib, num_gpu, gpu_milli and nothing else."""
+    from simulator.policy_specs import PAPER
+    from simulator.replay import replay
+
+    path = tmp_path / "pods.csv"
+    path.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+                    "two,8000,16384,2,1000\nshare,4000,8192,1,500\ncpu,1000,10,0,0\n")
+    pods = load_openb_pods(path)
+    assert [(p.name, p.gpu_count, p.gpu_milli, p.models, p.arrival, p.duration) for p in pods] == [
+        ("two", 2, 1000, None, None, None), ("share", 1, 500, None, None, None), ("cpu", 0, 0, None, None, None)]
+    nodes = [sim_node(n, cpu_milli=64000, memory_mib=1 << 20, gpus=4, model="G2") for n in ("a", "b")]
+    assert inflation(nodes, pods, PAPER["fgd"], seed=1, ratio=1.0).placed > 0
+    with pytest.raises(ValueError, match=r"replay needs each pod's arrival time, and 3 of 3 pods have none \(an "
+                                         r"openb trace without its creation_time column\): use compare"):
+        replay(nodes, pods, PAPER["fgd"], seed=1)
+    dump_jsonl(pods, tmp_path / "pods.jsonl")
+    assert load_jsonl(tmp_path / "pods.jsonl") == pods  # no arrival stays no arrival
+    path.write_text("name,cpu_milli,memory_mib,num_gpu\nx,1,1,0\n")
+    with pytest.raises(TraceError, match=r"pods.csv:1: missing column\(s\) gpu_milli"):
+        load_openb_pods(path)
+
+
 def test_jsonl_round_trip_and_errors(tmp_path):
     pods = [cpu_pod("a", 1000, gpus=1, milli=250, models=("T4", "A10"), arrival=1.5, duration=60.0),
             cpu_pod("b", 500, memory_mib=128)]
@@ -195,3 +218,12 @@ def test_fragmentation_meter_kept_per_node_equals_measuring_every_node(seed, eve
             assert kept.tolist() == afresh.tolist() and float(kept.sum()) == float(afresh.sum())
             readings += 1
     assert readings and placed
+
+
+def test_the_papers_figures_are_those_of_the_trace_compared():
+    from simulator.policy_specs import paper_figures
+
+    assert paper_figures(None)["fgd"] == 4.77  # the embedded default trace
+    assert paper_figures("/data/openb_pod_list_multigpu20.csv")["fgd"] == 4.47
+    assert paper_figures("/data/openb_pod_list_gpushare20.csv") == {}  # never published
+    assert paper_figures("my-pods.jsonl") == {}
