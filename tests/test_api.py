@@ -400,3 +400,11 @@ def test_fgd_window_must_be_positive():
 
     with pytest.raises(SettingsError, match="fgd_window"):
         load_settings(env={}, flags={"policy": "fgd", "fgd_window": 0})
+
+async def test_the_extender_works_out_its_policys_per_node_state_before_it_reports_ready(aiohttp_client):
+    nodes = [gpu_node(n, gpus=2) for n in ("a", "b", "c")]
+    client, ext, _ = await start(aiohttp_client, nodes, policy="gpu-clustering")
+    assert ext.synced
+    memo = ext._policies["gpu-clustering"]._kinds.memo
+    rows = ext.ledger.rows_of(ext.ledger.node_names())
+    assert (memo._versions[rows] == ext.ledger.row_version[rows]).all()  # every node counted at sync

@@ -124,6 +124,8 @@ class Extender:
     def on_synced(self) -> None:
         self.synced = True
         self.metrics.synced.set(1)
+        for policy in [self._named_policy(self.settings.policy), *self._policies.values()]:
+            policy.warm(self.ledger)  # what a policy keeps per node is worked out before the first Filter
         log.info("ledger synced: %d nodes, %d pods holding GPUs", len(self.ledger.node_names()),
                  sum(1 for _ in self.ledger.assignments()))
 
@@ -387,8 +389,13 @@ class Extender:
         if name not in POLICIES:
             raise InvalidRequest(f"metadata.annotations[{POLICY_ANNOTATION}]",
                                  f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}", pod=request.key)
+        return self._named_policy(name)
+
+    def _named_policy(self, name: str) -> Policy:
         if name not in self._policies:
-            self._policies[name] = make_policy(name, seed=self.settings.seed, workload=self._recent)
+            self._policies[name] = policy = make_policy(name, seed=self.settings.seed, workload=self._recent)
+            if self.synced:
+                policy.warm(self.ledger)
         return self._policies[name]
 
     def _fits(self, request: PodRequest, node: str, policy: Policy) -> bool:
