@@ -1,7 +1,16 @@
 """`fracgpu-extender serve`: settings from flags, environment and file; wrong ones stop it at start; TLS and
 mutual TLS actually serve."""
 
+import asyncio
+import contextlib
+import json
+import os
+import socket
 import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -117,3 +126,119 @@ async def test_the_admission_webhook_has_its_own_https_listener(aiohttp_server, 
             await session.post(f"http://{admission}/admit/pods", json=review)  # HTTPS only
     with pytest.raises(SettingsError, match="must be given together"):
         load_settings(env={}, flags={"admission_listen": admission})
+
+
+@contextlib.contextmanager
+def serving(*flags):
+    """``fracgpu-extender serve`` in a process of its own, as it is run: yields (its port, its process) once it
+    accepts connections; stopped with SIGTERM."""
+    from testbed.controlplane import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "extender.api.cli", "serve", "--listen", f"127.0.0.1:{port}",
+                                *map(str, flags)], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE,
+                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "the extender did not listen within 30 s"
+            time.sleep(0.05)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _until_ready(port):
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(urllib.error.URLError):
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200:
+                return
+        assert time.monotonic() < deadline, "not ready within 30 s"
+        time.sleep(0.05)
+
+
+def _cluster_file(tmp_path, pods=()):
+    from extender.testing.factories import gpu_node
+
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"kind": "List", "items": [gpu_node("a", gpus=1) | {"kind": "Node"}, *pods]}))
+    return path
+
+
+def test_the_cli_logs_one_line_per_record_whatever_a_name_carries(tmp_path):
+    from extender.testing.factories import gpu_pod
+
+    forged = "2026-12-07 00:00:00,000 INFO fracgpu.extender forged"
+    pod = gpu_pod(f"evil\n{forged}", units=10) | {"kind": "Pod"}
+    pod["spec"]["nodeName"] = "a"
+    pod["metadata"]["annotations"]["fracgpu.io/assignment"] = "{"  # a warning naming the pod at start
+    with serving("--cluster", _cluster_file(tmp_path, [pod])) as (port, process):
+        _until_ready(port)  # the feed has been read, and its warnings written
+    lines = process.stderr.read().splitlines()
+    warning = [line for line in lines if "annotation fracgpu.io/assignment" in line]
+    assert len(warning) == 1 and f"pod default/evil\\n{forged}: annotation" in warning[0], lines
+    assert not [line for line in lines if line.startswith(forged)], lines  # no line forged by the name
+
+
+def _closed_by_the_server(sock, within):
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _https_get(port, context, path="/healthz") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return tls.recv(100)
+
+
+def test_a_tls_handshake_never_finished_is_closed_after_the_idle_timeout(tmp_path, pki):
+    with serving("--cluster", _cluster_file(tmp_path), "--tls-cert", pki["cert"], "--tls-key", pki["key"],
+                 "--tls-client-ca", pki["ca"], "--idle-timeout-s", "0.5") as (port, _):
+        silent = socket.create_connection(("127.0.0.1", port))  # never a ClientHello
+        begun = socket.create_connection(("127.0.0.1", port))
+        begun.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello begun, never finished
+        with silent, begun:
+            assert _closed_by_the_server(silent, 5) and _closed_by_the_server(begun, 5)  # not asyncio's 60 s
+        context = ssl.create_default_context(cafile=str(pki["ca"]))
+        try:
+            refused = _https_get(port, context)  # mutual TLS: no client certificate, no answer
+        except (ssl.SSLError, ConnectionError) as exc:
+            refused = repr(exc).encode()
+        assert not refused.startswith(b"HTTP"), refused
+        context.load_cert_chain(str(pki["client"]))
+        assert _https_get(port, context).startswith(b"HTTP/1.1 200")
+
+
+async def test_the_probe_and_admission_listeners_have_a_connection_limit_too(aiohttp_server, pki):
+    from test_hostile import connect
+    from testbed.controlplane import free_port
+
+    probe, admission = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    settings = load_settings(env={}, flags={"probe_listen": probe, "admission_listen": admission, "max_connections": 2,
+                                            "admission_tls_cert": pki["cert"], "admission_tls_key": pki["key"]})
+    assert settings.side_max_connections == 2
+    await aiohttp_server(create_app(settings, source=StaticCluster([], [])))
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    for address, url in ((probe, f"http://{probe}/healthz"), (admission, f"https://{admission}/healthz")):
+        held = [await connect(int(address.rpartition(":")[2])) for _ in range(5)]  # idle, or no TLS handshake
+        try:
+            closed = asyncio.gather(*(reader.read(1) for reader, _ in held[:3]))
+            assert await asyncio.wait_for(closed, 5) == [b""] * 3, address  # the oldest made room; idle timeout 120 s
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, ssl=context) as response:
+                    assert response.status == 200, address
+        finally:
+            for _, writer in held:
+                writer.close()

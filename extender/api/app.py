@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from ..core.admission import review
-from .serve import IN_FLIGHT, track_requests
+from .serve import IN_FLIGHT, CappedSite, track_requests
 from .service import BadRequest, Extender
 from .settings import ExtenderSettings
 from .source import ClusterSource
@@ -70,17 +70,22 @@ def create_app(settings: ExtenderSettings, *, source: ClusterSource | None = Non
 
 
 async def _side_listener(app: web.Application, address: str, routes, ssl_context=None) -> web.AppRunner:
-    """A second listener over the same extender, serving only ``routes`` ((method, path, handler))."""
-    settings = app[EXTENDER].settings
-    side = web.Application(middlewares=[_errors], client_max_size=settings.max_body_mib * 1024 * 1024,
+    """A second listener over the same extender, serving only ``routes`` ((method, path, handler)), with the same
+    timeouts and its own connection limit (``settings.side_max_connections``)."""
+    extender = app[EXTENDER]
+    settings = extender.settings
+    side = web.Application(middlewares=[track_requests, _errors], client_max_size=settings.max_body_mib * 1024 * 1024,
                            handler_args={"keepalive_timeout": settings.idle_timeout_s})
-    side[EXTENDER] = app[EXTENDER]
+    side[EXTENDER] = extender
+    side[IN_FLIGHT] = set()
     for method, path, handler in routes:
         side.router.add_route(method, path, handler)
     runner = web.AppRunner(side, access_log=None)
     await runner.setup()
     host, _, port = address.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context).start()
+    await CappedSite(runner, host.strip("[]"), int(port), limit=settings.side_max_connections,
+                     on_refusal=lambda kind: extender.metrics.refused_connections.labels(kind).inc(),
+                     ssl_context=ssl_context, handshake_timeout=settings.idle_timeout_s).start()
     return runner
 
 
@@ -189,9 +194,12 @@ class _ClientGone(Exception):
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The request body, within the idle timeout: a body that never finishes would hold its connection (and a
-    place under the connection limit) for good."""
+    """The request body, within the idle timeout: a body that never finishes would hold its connection for good.
+    Until it has arrived the request is not busy: at the connection limit its connection may be closed for a new
+    one (serve.ConnectionCap), so that bodies sent slowly cannot lock normal requests out."""
     timeout = request.app[EXTENDER].settings.idle_timeout_s
+    in_flight, transport = request.app[IN_FLIGHT], request.transport
+    in_flight.discard(transport)
     try:
         async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for on 3.11
             return await request.read()
@@ -199,6 +207,8 @@ async def _read_body(request: web.Request) -> bytes:
         raise BadRequest(f"the body did not arrive within {timeout:g} s (--idle-timeout-s)") from None
     except (ConnectionError, RuntimeError) as exc:  # aiohttp: "Connection closed." / "Connection lost"
         raise _ClientGone(str(exc)) from None
+    finally:
+        in_flight.add(transport)  # busy again until its answer is written (track_requests)
 
 
 async def _decode(request: web.Request, model: type[WireModel]) -> WireModel:

@@ -55,9 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="the RuntimeClass of the NVIDIA runtime: admission gives it to fracgpu pods and refuses "
                             "it to every other pod (default: none)")
     serve.add_argument("--max-connections", type=int, dest="max_connections",
-                       help="open connections at most; beyond, the oldest idle one is closed (default 512)")
+                       help="open connections at most; beyond, the oldest idle one is closed (default 512; the "
+                            "probe and admission listeners: at most 64 each)")
     serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",
-                       help="close a connection that sends no complete request for this long (default 120)")
+                       help="close a connection that sends no complete request, or does not finish its TLS "
+                            "handshake, for this long (default 120)")
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = app[EXTENDER].metrics
     asyncio.run(serve(app, settings.host, settings.port, limit=settings.max_connections, ssl_context=context,
+                      handshake_timeout=settings.idle_timeout_s,
                       on_refusal=lambda kind: metrics.refused_connections.labels(kind).inc()))
     return 0
 

@@ -53,7 +53,8 @@ class Metrics:
                                   ["reason"], registry=self.registry)
         self.refused_connections = Counter(
             "fracgpu_extender_connections_refused_total",
-            "Connections closed at the connection limit: idle-closed (an idle one made room), busy (all busy)",
+            "Connections closed at the connection limit: handshake-closed (one still in its TLS handshake made "
+            "room), idle-closed (one without a request being handled made room), busy (all busy: the new one)",
             ["kind"], registry=self.registry)
         self.synced = Gauge("fracgpu_extender_synced", "1 once the ledger holds the cluster's state",
                             registry=self.registry)

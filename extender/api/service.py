@@ -32,7 +32,7 @@ from ..core import (
     to_annotation,
 )
 from ..core.handoff import handoff_annotations
-from ..core.limits import MAX_CANDIDATES
+from ..core.limits import MAX_CANDIDATES, MAX_PARSED_PODS
 from ..core.loading import LoadReport, load_node, load_pod
 from ..core.ledger import Ledger
 from ..core.evaluation import Evaluation
@@ -366,7 +366,7 @@ class Extender:
         horizon = self.clock() - self.settings.pod_cache_seconds
         while self._seen and next(iter(self._seen.values())).at < horizon:
             self._seen.popitem(last=False)
-        while len(self._seen) > 100_000:
+        while len(self._seen) > MAX_PARSED_PODS:
             self._seen.popitem(last=False)
 
     async def _request_for_bind(self, args: ExtenderBindingArgs) -> tuple[PodRequest | None, str | None]:

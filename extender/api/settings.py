@@ -16,6 +16,9 @@ from ..core import CoreSettings
 from ..core.policies import POLICIES
 
 
+SIDE_MAX_CONNECTIONS = 64  # the probe and the admission listener, each (at most max_connections)
+
+
 class SettingsError(ValueError):
     pass
 
@@ -45,10 +48,12 @@ class ExtenderSettings(BaseModel):
     cluster: Path | None = None
     kubeconfig: Path | None = None
     max_body_mib: int = Field(default=64, ge=1)
-    # a connection that sends no complete request for this long is closed, idle or half-way through its headers:
-    # above the 90 s after which kube-scheduler's Go client drops idle connections itself
+    # a connection that sends no complete request for this long is closed, idle, half-way through its headers or
+    # in its TLS handshake (a late body is a 400): above the 90 s after which kube-scheduler's Go client drops
+    # idle connections itself
     idle_timeout_s: float = Field(default=120.0, gt=0)
-    # open connections at most: below the usual file limit of 1024, far above kube-scheduler's few
+    # open connections at most: below the usual file limit of 1024, far above kube-scheduler's few; the probe
+    # and admission listeners have at most SIDE_MAX_CONNECTIONS each (side_max_connections)
     max_connections: int = Field(default=512, ge=1)
     pod_cache_seconds: float = Field(default=600.0, gt=0)
     # admission (POST /admit/pods): the pods' scheduler, and the one user who may write assignments (the
@@ -104,6 +109,12 @@ class ExtenderSettings(BaseModel):
             units_per_gpu=self.units_per_gpu, vgpu_resource=self.vgpu_resource, memory_resource=self.memory_resource,
             reserve_mib=self.reserve_mib, reserve_percent=self.reserve_percent, pools_enabled=self.pools,
         )
+
+    @property
+    def side_max_connections(self) -> int:
+        """The connection limit of the probe and of the admission listener, each: their few clients (kubelet's
+        probes, a scrape, the API servers) need few, and all three listeners stay under a file limit of 1024."""
+        return min(self.max_connections, SIDE_MAX_CONNECTIONS)
 
     @property
     def host(self) -> str:

@@ -15,3 +15,4 @@ MAX_GPU_INDEX = 1023  # NVML's index of a GPU on its node
 MAX_GPU_CONTAINERS_PER_POD = 16  # containers of one pod that ask for GPUs (init containers and sidecars too)
 MAX_CANDIDATES = 100_000  # nodes named in one request; the largest clusters run have about 65,000
 MAX_VICTIMS = 10_000  # victim pods proposed for one node; kubelet runs at most a few hundred pods a node
+MAX_PARSED_PODS = 100_000  # pods whose parse is kept by UID for Bind (each for at most the pod_cache_seconds setting)
