@@ -1,10 +1,13 @@
 """Fuzzing every POST verb: valid requests with one or more fields replaced, removed or added, by hostile values.
 
-For every case: the answer is 200, or a 400/413 in the protocol's JSON whose message starts with the verb; never
-5xx. Filter, Prioritize and Preempt never change the ledger, and neither does a Bind that is refused. Each
-answer costs less than a hang guard of 2 s of this process's CPU time (client and server share it; the answers
-take milliseconds; CPU time, not wall time, so that a busy machine does not trip it). The ``ci`` profile runs 400 cases per
-request form (2,800 in all); ``HYPOTHESIS_PROFILE=fuzz`` runs 10,000 per form for local runs.
+For every case: the answer is 200, or a 400/413 in the protocol's JSON whose message starts with the verb and
+names a field that was mutated (its JSON key, or a key within it) or, for a body that is no longer JSON, the
+position; never 5xx. What a 200 answer adds holds only integers Go's int64 can hold, and NumPDBViolations within
+0..2^63 - 1. Filter, Prioritize and Preempt never change the ledger, and neither does a Bind that is refused.
+Each answer costs less than a hang guard of 2 s of this process's CPU time (client and server share it; the
+answers take milliseconds; CPU time, not wall time, so that a busy machine does not trip it). The ``ci`` profile
+runs 350 cases per request form (2,800 in all, 8 forms), and each form's ``MUST_TRY`` fields whatever the draw;
+``HYPOTHESIS_PROFILE=fuzz`` runs 10,000 per form for local runs.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from api_helpers import bind_args, filter_args, gpu_node, gpu_pod, settings as extender_settings
@@ -24,14 +28,15 @@ from extender.api.app import EXTENDER, create_app
 from extender.api.static import StaticCluster
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 
-CASES = {"ci": 400, "dev": 60, "fuzz": 10_000}
+CASES = {"ci": 350, "dev": 60, "fuzz": 10_000}
+MAX_INT64 = 2**63 - 1
 HANG_GUARD_S = 2.0
 
 
 def _cases() -> int:
     import os
 
-    return CASES.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), 400)
+    return CASES.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), CASES["ci"])
 
 
 NODES = [gpu_node("a", gpus=2, memory_mib=16384, pool="team"), gpu_node("b", gpus=4, memory_mib=16384),
@@ -56,7 +61,8 @@ def _bases() -> dict[str, tuple[str, dict]]:
     return {
         "filter-names": ("filter", filter_args(pod, names=["a", "b", "c", "nope"])),
         "filter-nodes": ("filter", filter_args(pair, nodes=copy.deepcopy(NODES))),
-        "prioritize": ("prioritize", filter_args(pair, names=["b", "c"])),
+        "prioritize-names": ("prioritize", filter_args(pair, names=["b", "c"])),
+        "prioritize-nodes": ("prioritize", filter_args(pod, nodes=copy.deepcopy(NODES))),
         "bind": ("bind", bind_args(pod, "b")),
         "preempt-victims": ("preempt", {"Pod": pod, "NodeNameToVictims": victims}),
         "preempt-meta": ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {
@@ -95,8 +101,10 @@ def _paths(node, prefix=()):
 @st.composite
 def mutated(draw, body: dict):
     """``body`` with one to three mutations, each at a field drawn uniformly from all of the tree's: replaced by a
-    hostile value, removed, or given an unknown sibling."""
+    hostile value, removed, or given an unknown sibling; and what was mutated, as (the path, the value there
+    before)."""
     body = copy.deepcopy(body)
+    targets = []
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(list(_paths(body))[1:] or [("Unknown",)]))  # an emptied body: add a field
         parent = body
@@ -104,13 +112,62 @@ def mutated(draw, body: dict):
             parent = parent[key]
         key = path[-1]
         action = draw(st.sampled_from(["replace", "replace", "replace", "remove", "add"]))
+        if action == "add" and isinstance(parent, dict):
+            key = draw(st.sampled_from(["extra", "uid", "UID", "metadata", "x" * 300]))
+            path = (*path[:-1], key)
+        before = parent.get(key) if isinstance(parent, dict) else parent[key]
+        targets.append((path, copy.deepcopy(before)))
         if action == "remove" and isinstance(parent, dict):
             parent.pop(key, None)
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["extra", "uid", "UID", "metadata", "x" * 300]))] = draw(HOSTILE)
         else:
             parent[key] = draw(HOSTILE)
-    return body
+    return body, targets
+
+
+def replaced(body: dict, path: tuple, value) -> tuple[dict, list]:
+    """``body`` with the field at ``path`` set to ``value``: a case that must be tried, as ``mutated`` gives it."""
+    body = copy.deepcopy(body)
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    before = copy.deepcopy(parent[path[-1]])
+    parent[path[-1]] = value
+    return body, [(path, before)]
+
+
+def _names(path: tuple, before) -> set[str]:
+    """The names a message may give for a mutation at ``path``: its key, or a key of what was there."""
+    names = {k for p in _paths(before) for k in p if isinstance(k, str)}
+    names.update([k for k in path if isinstance(k, str)][-1:])
+    return names
+
+
+def names_a_mutated_field(message: str, targets: list) -> bool:
+    if "body is not JSON" in message:  # a hostile number beyond what a JSON parser reads: it says where
+        return re.search(r"\(char \d+\)", message) is not None
+    return any(name in message for path, before in targets for name in _names(path, before))
+
+
+def _integers(node):
+    if isinstance(node, bool):
+        return
+    if isinstance(node, int):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _integers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _integers(value)
+
+
+def decodable(answer) -> bool:
+    """A 200 answer kube-scheduler can read: integers within Go's int64, NumPDBViolations within 0..2^63 - 1. (The
+    Node objects Filter gives back are the request's own, as they came.)"""
+    ours = {k: v for k, v in answer.items() if k != "Nodes"} if isinstance(answer, dict) else answer
+    victims = (answer.get("NodeNameToMetaVictims") or {}) if isinstance(answer, dict) else {}
+    return (all(-MAX_INT64 - 1 <= n <= MAX_INT64 for n in _integers(ours))
+            and all(0 <= v.get("NumPDBViolations", 0) <= MAX_INT64 for v in victims.values()))
 
 
 class Harness:
@@ -160,6 +217,17 @@ def _encode(body) -> bytes:
 
 
 BASES = _bases()
+# fields whose hostile values every run tries, whatever the draw: bounds a 200 would hide
+MUST_TRY = {"preempt-victims": [("NodeNameToVictims", "b", "NumPDBViolations")],
+            "preempt-meta": [("NodeNameToMetaVictims", "b", "NumPDBViolations")]}
+MUST_TRY_VALUES = [2**63, -1, 10**30]
+
+
+def _with_examples(form: str, test):
+    for path in MUST_TRY.get(form, []):
+        for value in MUST_TRY_VALUES:
+            test = example(mutation=replaced(BASES[form][1], path, value))(test)
+    return test
 
 
 @pytest.mark.parametrize("form", sorted(BASES))
@@ -168,8 +236,9 @@ def test_every_verb_answers_hostile_requests_with_200_or_a_400_and_changes_nothi
 
     @settings(max_examples=_cases(), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(body=mutated(base))
-    def case(body):
+    @given(mutation=mutated(base))
+    def case(mutation):
+        body, targets = mutation
         before = harness.extender.ledger.snapshot()
         inspect = harness.inspect()
         status, answer, seconds = harness.post(verb, _encode(body))
@@ -177,6 +246,10 @@ def test_every_verb_answers_hostile_requests_with_200_or_a_400_and_changes_nothi
         assert status in (200, 400, 413), (status, answer, body)
         if status != 200:
             assert isinstance(answer, dict) and answer["Error"].startswith(f"{verb}: "), answer
+        if status == 400:
+            assert names_a_mutated_field(answer["Error"], targets), (answer, [path for path, _ in targets])
+        if status == 200:
+            assert decodable(answer), (answer, body)
         refused_bind = verb == "bind" and (status != 200 or answer.get("Error"))
         if verb != "bind" or refused_bind:
             assert harness.extender.ledger.snapshot() == before, (form, body)
@@ -187,4 +260,4 @@ def test_every_verb_answers_hostile_requests_with_200_or_a_400_and_changes_nothi
                     harness.extender.on_pod_deleted({"metadata": {"uid": uid}})
             harness.source.pods[("default", "waiting")] = _pods()[1]
 
-    case()
+    _with_examples(form, case)()
