@@ -78,6 +78,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @initialize(policy=st.sampled_from(sorted(POLICIES)), gpus=st.integers(1, 4))
     def start(self, policy: str, gpus: int) -> None:
         self.policy = make_policy(policy, seed=7, workload=WORKLOAD)
+        self.policy_name = policy
         note(f"policy {self.policy.describe()}")
         self.set_node(name="n0", gpus=gpus, memory=16_000, model="A100", pool=None, unhealthy=set(), observed=0,
                       links=gpus > 2)
@@ -124,6 +125,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert isinstance(placed, Placement) == expected, f"invariant 3: place() disagrees on {node}"
         again = evaluate(self.ledger, request, nodes, self.policy)
         assert again.fits == evaluation.fits and list(again.scores) == list(evaluation.scores), "invariant 6"
+        fresh = evaluate(self.ledger, request, nodes, make_policy(self.policy_name, seed=7, workload=WORKLOAD))
+        assert list(fresh.scores) == list(evaluation.scores), "what the policy kept per node is stale"
         best = evaluation.best()
         if best is None:
             return
@@ -157,6 +160,10 @@ class LedgerMachine(RuleBasedStateMachine):
             raise AssertionError("invariant 5: a second reservation for a bound pod was accepted")
         self.ledger.adopt(self.ledger.assignment(uid))  # the informer seeing our own binding: a no-op
         assert self.ledger.snapshot() == before, "invariant 5: a repeated bind changed the ledger"
+
+    @rule()
+    def warm_policy(self) -> None:
+        self.policy.warm(self.ledger)  # as the extender does once synced: no decision may change
 
     @precondition(lambda self: self.pods)
     @rule(data=st.data())
