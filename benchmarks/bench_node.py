@@ -15,7 +15,7 @@ Per burst: creation to Running for each pod (this script creates the 40 pods bac
 ``eventTime``): binds are concurrent, with no per-node lock. Every container's report is checked against its
 assignment after each burst with the hand-off (a mismatch stops the run).
 
-    python benchmarks/bench_node.py [--rounds 3]
+    python benchmarks/bench_node.py [--rounds 4]
 """
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ NODE = "bench-node"
 def run_burst(cp: ControlPlane, node: Node, namespace: str, handoff: bool) -> dict:
     core = cp.core
     bodies = burst(namespace, NODE)
-    created = {}
+    created, uids = {}, set()
     for body in bodies:
         if not handoff:
             body["spec"]["runtimeClassName"] = RUNTIME_HANDLER
-        core.create_namespaced_pod(namespace, body)
+        uids.add(core.create_namespaced_pod(namespace, body).metadata.uid)
         created[body["metadata"]["name"]] = time.monotonic()
     running: dict[str, float] = {}
     deadline = time.monotonic() + 300
@@ -64,8 +64,8 @@ def run_burst(cp: ControlPlane, node: Node, namespace: str, handoff: bool) -> di
                 raise SystemExit(f"pod {pod.metadata.name} failed: {pod.status.message}")
         time.sleep(0.05)
     latencies = sorted(running[name] - created[name] for name in created)
-    events = sorted((e.event_time or e.first_timestamp).timestamp()
-                    for e in core.list_namespaced_event(namespace).items if e.reason == "Scheduled")
+    events = sorted((e.event_time or e.first_timestamp).timestamp() for e in core.list_namespaced_event(namespace).items
+                    if e.reason == "Scheduled" and e.involved_object.uid in uids)  # this burst's, not a past one's
     if handoff:
         check(cp, node, namespace)
     return {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
@@ -101,7 +101,7 @@ def clear(cp: ControlPlane, namespace: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     bin_dir = build(log=lambda m: print(m, file=sys.stderr))
     with tempfile.TemporaryDirectory() as tmp, ControlPlane.start(Path(tmp) / "cp", bin_dir) as cp:
@@ -128,6 +128,7 @@ def main() -> int:
                           f"{result['p95']:.2f} s, max {result['max']:.2f} s; {result['binds_per_s']:.0f} binds/s",
                           file=sys.stderr)
                     clear(cp, namespace)
+                    node.wait_idle()  # the next burst does not share the machine with this one's teardown
     print(f"\n40 pods of mixed shapes at once on one node, {args.rounds} rounds alternated (range over rounds):\n")
     print("| | creation to Running, p50 | p95 | max | binds/s |")
     print("|---|---|---|---|---|")

@@ -340,6 +340,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
         self.cp._wait(proc, published, f"the agent's inventory on {self.name}")
 
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until containerd runs no container (kubelet has torn down every deleted pod's)."""
+        deadline = time.monotonic() + timeout
+        while self._ctr("tasks", "ls", "-q").strip():
+            if time.monotonic() > deadline:
+                raise NodeError(f"containers still running on {self.name} after {timeout:.0f} s")
+            time.sleep(0.2)
+
     # ---------------------------------------------------------------- what the containers received
     def container_output(self, namespace: str, pod: str, uid: str, container: str) -> str | None:
         """What a container wrote to stdout, from kubelet's pod log directory (CRI log lines), or None."""
