@@ -233,6 +233,7 @@ class ControlPlane:
             "--tls-cert-file", str(pki / "apiserver.crt"), "--tls-private-key-file", str(pki / "apiserver.key"),
             "--client-ca-file", str(pki / "ca.crt"),
             "--authorization-mode", "RBAC",
+            "--allow-privileged=true",  # as kubeadm and managed clusters run it (deploy/'s MPS daemon is privileged)
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-account-key-file", str(pki / "sa.pub"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
