@@ -170,6 +170,22 @@ def test_row_memo_values_stay_right_when_the_ledger_widens():
     assert memo.refresh(ledger, rows)[rows].tolist() == [[101, 101, 101], [101, 101, 1]]
 
 
+def test_a_row_memo_keeps_several_arrays_some_by_column_and_they_stay_right_when_the_ledger_widens():
+    ledger = Ledger(S, rows=4, width=2)
+    for name in ("a", "b"):
+        ledger.upsert_node(parse_node(gpu_node(name, gpus=2, memory_mib=1000), S))
+    memo = RowMemo(lambda ledger, rows: {"per_gpu": ledger.free_units[rows] + 1, "total": ledger.free_units_sum[rows]},
+                   by_column=("per_gpu",))
+    rows = np.array([ledger.row_of("a"), ledger.row_of("b")])
+    kept = memo.refresh(ledger, rows)
+    assert kept["per_gpu"].shape == (2, 4) and kept["per_gpu"][:, rows].T.tolist() == [[101, 101], [101, 101]]
+    assert kept["per_gpu"][1].flags.c_contiguous  # one GPU position across the nodes: contiguous
+    ledger.upsert_node(parse_node(gpu_node("a", gpus=3, memory_mib=1000), S))  # widens; "b" is unchanged
+    kept = memo.refresh(ledger, rows)
+    assert kept["per_gpu"][:, rows].T.tolist() == [[101, 101, 101], [101, 101, 1]]
+    assert kept["total"][rows].tolist() == [300, 200]
+
+
 def test_without_evaluates_hypothetically_and_restores_exactly():
     ledger = ledger_with(gpu_node("n", gpus=2, memory_mib=16000))
     ledger.reserve(share(uid="a", units=60))

@@ -9,7 +9,7 @@ for rows whose version moved.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 
@@ -112,15 +112,21 @@ class RowMemo:
     """Per-node values a policy derives from the ledger, kept by row version: ``refresh(ledger, rows)`` computes
     ``compute(ledger, stale_rows)`` only for the rows whose ledger row changed since, and returns the values of
     every row (index it with ``rows``). The values belong to one ledger: another ledger, or a ledger whose
-    arrays grew, starts the memo afresh."""
+    arrays grew, starts the memo afresh.
 
-    def __init__(self, compute: Callable[["Ledger", np.ndarray], np.ndarray]) -> None:
+    ``compute`` returns an array of one row per asked node, or a dict of such arrays; ``by_column`` names the
+    dict's arrays that are kept as (values, nodes) instead of (nodes, values), so that one value for the
+    candidates is a take from contiguous memory (2 us for 500 of 5,000 nodes against 8 us from a column)."""
+
+    def __init__(self, compute: Callable[["Ledger", np.ndarray], np.ndarray | dict[str, np.ndarray]], *,
+                 by_column: tuple[str, ...] = ()) -> None:
         self._compute = compute
+        self._by_column = by_column
         self._ledger: "Ledger | None" = None
         self._versions = np.zeros(0, dtype=np.int64)
-        self._values: np.ndarray | None = None
+        self._values: np.ndarray | dict[str, np.ndarray] | None = None
 
-    def refresh(self, ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
+    def refresh(self, ledger: "Ledger", rows: np.ndarray) -> Any:
         capacity = len(ledger.row_version)
         if ledger is not self._ledger or len(self._versions) != capacity:
             self._ledger, self._versions, self._values = ledger, np.full(capacity, -1, dtype=np.int64), None
@@ -128,15 +134,41 @@ class RowMemo:
         stale = np.flatnonzero(self._versions.take(rows) != current)
         if len(stale):
             fresh = self._compute(ledger, rows[stale])
-            values = self._values
-            if values is None or values.shape[1:] != fresh.shape[1:] or values.dtype != fresh.dtype:
+            if self._values is None or not self._keeps(fresh):
                 # a new shape (the ledger widened): what was kept is dropped, so every asked row is computed now
                 self._versions[:] = -1
-                values = self._values = np.zeros((capacity, *fresh.shape[1:]), dtype=fresh.dtype)
+                self._values = self._allocate(fresh, capacity)
                 if len(stale) != len(rows):
                     stale = np.arange(len(rows))
                     fresh = self._compute(ledger, rows)
-            values[rows[stale]] = fresh
+            for name, kept in _named(self._values).items():
+                if name in self._by_column:
+                    kept[..., rows[stale]] = _named(fresh)[name].T
+                else:
+                    kept[rows[stale]] = _named(fresh)[name]
             self._versions[rows[stale]] = current[stale]
         assert self._values is not None or not len(rows)
         return self._values if self._values is not None else np.zeros(0)
+
+    def warm(self, ledger: "Ledger") -> None:
+        """Compute every node's value now."""
+        self.refresh(ledger, ledger.rows_of(ledger.node_names()))
+
+    def _shape(self, name: str, fresh: np.ndarray, capacity: int) -> tuple[int, ...]:
+        return (*fresh.shape[1:][::-1], capacity) if name in self._by_column else (capacity, *fresh.shape[1:])
+
+    def _keeps(self, fresh: np.ndarray | dict[str, np.ndarray]) -> bool:
+        """Whether the kept arrays have the shapes and types of ``fresh``'s."""
+        kept = _named(self._values)
+        return all(name in kept and kept[name].dtype == array.dtype
+                   and kept[name].shape == self._shape(name, array, len(self._versions))
+                   for name, array in _named(fresh).items())
+
+    def _allocate(self, fresh: np.ndarray | dict[str, np.ndarray], capacity: int) -> Any:
+        arrays = {name: np.zeros(self._shape(name, array, capacity), dtype=array.dtype)
+                  for name, array in _named(fresh).items()}
+        return arrays if isinstance(fresh, dict) else arrays[""]
+
+
+def _named(values: Any) -> dict[str, np.ndarray]:
+    return values if isinstance(values, dict) else {"": values}

@@ -38,37 +38,35 @@ KIND_SLOTS = 17  # ByKind's counts: 0 = pods sharing a GPU, n = pods of n whole 
 
 
 class ByShare:
-    """Kinds are share sizes. Per node, how many GPU shares of each size it holds, and how many sizes; per GPU,
-    the one share size of its pods (0 without pods, -1 for mixed sizes)."""
+    """Kinds are share sizes. Per node, how many GPU shares of each size it holds (kept size by size, across the
+    nodes, so that one size for the candidates is one take) and how many sizes; per GPU, the one share size of its
+    pods (0 without pods, -1 for mixed sizes)."""
 
     def __init__(self) -> None:
-        self.memo = RowMemo(self._count)
+        self.memo = RowMemo(self._count, by_column=("sizes",))
 
     @staticmethod
-    def _count(ledger: "Ledger", rows: np.ndarray) -> np.ndarray:
-        """(rows, unitsPerGpu + 2 + GPUs): per share size the number of GPU shares of that size, then the number
-        of sizes held, then each GPU's share size. Counted in Python lists: a node holds a few dozen shares."""
+    def _count(ledger: "Ledger", rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Counted in Python lists: a node holds a few dozen shares."""
         upg, width = ledger.units_per_gpu, ledger.free_units.shape[1]
-        out = np.zeros((len(rows), upg + 2 + width), dtype=np.int64)
+        sizes = np.zeros((len(rows), upg + 1), dtype=np.int32)
+        gpu_share = np.zeros((len(rows), width), dtype=np.int32)
         for r, row in enumerate(rows.tolist()):
-            sizes, gpu_share = [0] * (upg + 1), [0] * width
+            counts, shares = [0] * (upg + 1), [0] * width
             for pod in ledger.charges_at(row):
                 for pos, share in pod:
-                    sizes[min(share.units, upg)] += 1
-                    gpu_share[pos] = share.units if gpu_share[pos] in (0, share.units) else -1
-            out[r, : upg + 1] = sizes
-            out[r, upg + 1] = sum(1 for n in sizes if n)
-            out[r, upg + 2:] = gpu_share
-        return out
+                    counts[min(share.units, upg)] += 1
+                    shares[pos] = share.units if shares[pos] in (0, share.units) else -1
+            sizes[r], gpu_share[r] = counts, shares
+        return {"sizes": sizes, "kinds": np.count_nonzero(sizes, axis=1), "gpu_share": gpu_share}
 
     def gpu_preference(self, view: View, need: Need, fullness: np.ndarray) -> np.ndarray:
-        counts = self.memo.refresh(view.ledger, view.rows)
-        same = counts[view.rows, view.units_per_gpu + 2:] == need.units
+        same = self.memo.refresh(view.ledger, view.rows)["gpu_share"].take(view.rows, axis=0) == need.units
         return same.astype(np.float64) * 2.0 + fullness
 
     def present_and_kinds(self, view: View, need: Need) -> tuple[np.ndarray, np.ndarray] | None:
         counts = self.memo.refresh(view.ledger, view.rows)
-        return counts[view.rows, need.units] > 0, counts[view.rows, view.units_per_gpu + 1]
+        return counts["sizes"][need.units].take(view.rows) > 0, counts["kinds"].take(view.rows)
 
 
 class ByKind:
@@ -117,7 +115,7 @@ class GpuClustering(Policy):
 
     def warm(self, ledger: "Ledger") -> None:
         """Count the kinds on every node now (about 46 us a node of 20 pods), not in the first Filters."""
-        self._kinds.memo.refresh(ledger, ledger.rows_of(ledger.node_names()))
+        self._kinds.memo.warm(ledger)
 
     def gpu_preference(self, view: View, need: Need, memory: np.ndarray) -> np.ndarray:
         fullness = -ratio(np.maximum(view.free_units, 0), view.units_per_gpu)
