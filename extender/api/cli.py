@@ -26,38 +26,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML file of settings (keys as the flags, with _ or -)")
     serve.add_argument("--policy", help="default placement policy (a pod may choose with fracgpu.io/policy)")
     serve.add_argument("--seed", type=int, help="seed of the random policy")
-    serve.add_argument("--fgd-window", type=int, dest="fgd_window",
+    serve.add_argument("--fgd-window", type=int,
                        help="fgd policy: its target workload is the shapes of the last N GPU pods seen (1000)")
-    serve.add_argument("--units-per-gpu", type=int, dest="units_per_gpu")
-    serve.add_argument("--vgpu-resource", dest="vgpu_resource")
-    serve.add_argument("--memory-resource", dest="memory_resource")
-    serve.add_argument("--reserve-mib", type=int, dest="reserve_mib", help="MiB held back on every GPU")
-    serve.add_argument("--reserve-percent", type=float, dest="reserve_percent", help="%% of each GPU held back")
+    serve.add_argument("--units-per-gpu", type=int)
+    serve.add_argument("--vgpu-resource")
+    serve.add_argument("--memory-resource")
+    serve.add_argument("--reserve-mib", type=int, help="MiB held back on every GPU")
+    serve.add_argument("--reserve-percent", type=float, help="%% of each GPU held back")
     serve.add_argument("--pools", action=argparse.BooleanOptionalAction, default=None, help="pool isolation")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8888)")
-    serve.add_argument("--tls-cert", type=Path, dest="tls_cert")
-    serve.add_argument("--tls-key", type=Path, dest="tls_key")
-    serve.add_argument("--tls-client-ca", type=Path, dest="tls_client_ca", help="require client certs (mutual TLS)")
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certs (mutual TLS)")
     serve.add_argument("--cluster", type=Path, help="static mode: a v1 List of Nodes and Pods (YAML or JSON)")
     serve.add_argument("--kubeconfig", type=Path, help="live mode outside the cluster (default: in-cluster)")
-    serve.add_argument("--max-body-mib", type=int, dest="max_body_mib")
-    serve.add_argument("--probe-listen", dest="probe_listen",
+    serve.add_argument("--max-body-mib", type=int)
+    serve.add_argument("--probe-listen",
                        help="HOST:PORT serving /healthz, /readyz and /metrics over plain HTTP (for mutual TLS)")
-    serve.add_argument("--admission-listen", dest="admission_listen",
+    serve.add_argument("--admission-listen",
                        help="HOST:PORT serving the admission webhook (POST /admit/pods) over HTTPS")
-    serve.add_argument("--admission-tls-cert", type=Path, dest="admission_tls_cert")
-    serve.add_argument("--admission-tls-key", type=Path, dest="admission_tls_key")
-    serve.add_argument("--scheduler-name", dest="scheduler_name",
+    serve.add_argument("--admission-tls-cert", type=Path)
+    serve.add_argument("--admission-tls-key", type=Path)
+    serve.add_argument("--scheduler-name",
                        help="the scheduler fracgpu pods must name (admission; default fracgpu-scheduler)")
-    serve.add_argument("--extender-user", dest="extender_user",
+    serve.add_argument("--extender-user",
                        help="the only user admission lets write assignments (default: deploy/'s ServiceAccount)")
-    serve.add_argument("--runtime-class", dest="runtime_class",
+    serve.add_argument("--runtime-class",
                        help="the RuntimeClass of the NVIDIA runtime: admission gives it to fracgpu pods and refuses "
                             "it to every other pod (default: none)")
-    serve.add_argument("--max-connections", type=int, dest="max_connections",
+    serve.add_argument("--max-connections", type=int,
                        help="open connections at most; beyond, the oldest idle one is closed (default 512; the "
                             "probe and admission listeners: at most 64 each)")
-    serve.add_argument("--idle-timeout-s", type=float, dest="idle_timeout_s",
+    serve.add_argument("--idle-timeout-s", type=float,
                        help="close a connection that sends no complete request, or does not finish its TLS "
                             "handshake, for this long (default 120)")
     serve.add_argument("--log-level", default="INFO")
