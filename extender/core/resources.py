@@ -170,29 +170,21 @@ def parse_pod(pod: Mapping, settings: CoreSettings) -> PodRequest:
     pool = None
     if settings.pools_enabled:
         pool = _string(labels.get(POOL_LABEL), f"metadata.labels[{POOL_LABEL}]", who) or None
-    models = _gpu_models(annotations, who)
     policy = _string(annotations.get(POLICY_ANNOTATION), f"metadata.annotations[{POLICY_ANNOTATION}]", who) or None
     if count is not None and not containers:
-        raise InvalidRequest(
-            f"metadata.annotations[{GPU_COUNT_ANNOTATION}]",
-            f"is set but no container asks for {settings.vgpu_resource}",
-            pod=who,
-        )
+        raise InvalidRequest(f"metadata.annotations[{GPU_COUNT_ANNOTATION}]",
+                             f"is set but no container asks for {settings.vgpu_resource}", pod=who)
+    return PodRequest(uid=uid or "", namespace=namespace, name=name, pool=pool, models=_gpu_models(annotations, who),
+                      containers=tuple(containers), phases=phases_of(tuple(kinds)), policy=policy,
+                      sharing=_sharing(annotations, who))
+
+
+def _sharing(annotations: Mapping, who: str) -> str:
     sharing = _string(annotations.get(SHARING_ANNOTATION), f"metadata.annotations[{SHARING_ANNOTATION}]", who)
     if sharing and sharing not in SHARING_MODES:
         raise InvalidRequest(f"metadata.annotations[{SHARING_ANNOTATION}]",
                              f"must be one of {', '.join(SHARING_MODES)}, got {sharing!r}", pod=who)
-    return PodRequest(
-        uid=uid or "",
-        namespace=namespace,
-        name=name,
-        pool=pool,
-        models=models,
-        containers=tuple(containers),
-        phases=phases_of(tuple(kinds)),
-        policy=policy,
-        sharing=sharing or TIME_SLICING,
-    )
+    return sharing or TIME_SLICING
 
 
 def _container_need(
