@@ -58,3 +58,31 @@ def test_the_check_catches_what_it_should():
 
 def test_there_are_core_modules_to_check():
     assert len(list(core_modules())) >= 15
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def too_long(source: str) -> list[str]:
+    """Functions (and methods) of a module longer than MAX_FUNCTION_LINES, and any ``__getattr__``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES or node.name == "__getattr__":
+                found.append(f"{node.name} ({length} lines)")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: str(p.relative_to(CORE)))
+def test_core_modules_and_functions_stay_readable(path):
+    """At most 400 lines a module and 60 a function; no hand-written laziness through __getattr__."""
+    source = path.read_text()
+    assert len(source.splitlines()) <= MAX_MODULE_LINES
+    assert too_long(source) == []
+
+
+def test_the_length_check_catches_what_it_should():
+    body = "\n".join(f"    x = {i}" for i in range(60))
+    assert too_long(f"def long():\n{body}\n") == ["long (61 lines)"]
+    assert too_long("class View:\n    def __getattr__(self, name):\n        return 1\n") == ["__getattr__ (2 lines)"]
