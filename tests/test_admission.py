@@ -13,9 +13,9 @@ EXTENDER = "system:serviceaccount:fracgpu-system:fracgpu-scheduler"
 TENANT = "system:serviceaccount:team-a:ci"
 
 
-def admit(pod, operation="CREATE", user=TENANT, old=None, runtime_class=""):
+def admit(pod, operation="CREATE", user=TENANT, old=None, runtime_class="", sub_resource=""):
     return review(pod, operation=operation, user=user, old=old, settings=CoreSettings(), extender_user=EXTENDER,
-                  scheduler_name="fracgpu-scheduler", runtime_class=runtime_class)
+                  scheduler_name="fracgpu-scheduler", runtime_class=runtime_class, sub_resource=sub_resource)
 
 
 def fracgpu_pod(**kwargs):
@@ -176,6 +176,19 @@ def test_what_would_break_an_mps_pods_handoff_is_refused_naming_the_field():
     assert admit(after, operation="UPDATE", old=before).message == \
         "metadata.annotations[fracgpu.io/sharing]: is set when the pod is created and cannot change"
     assert admit(after, operation="UPDATE", old=after).allowed
+
+
+def test_a_container_added_to_a_running_pod_sees_no_gpu_and_may_not_set_the_gpu_variables():
+    before = fracgpu_pod(units=30)
+    before["spec"]["ephemeralContainers"] = [{"name": "debug-1", "image": "cuda-like", "env": []}]
+    after = json.loads(json.dumps(before))
+    after["spec"]["ephemeralContainers"].append({"name": "debug-2", "image": "cuda-like"})
+    answer = admit(after, operation="UPDATE", old=before, sub_resource="ephemeralcontainers")
+    assert answer.allowed and answer.patch == [{"op": "add", "path": "/spec/ephemeralContainers/1/env",
+                                                "value": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]}]
+    after["spec"]["ephemeralContainers"][1]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    assert admit(after, operation="UPDATE", old=before, sub_resource="ephemeralcontainers").message.startswith(
+        "spec.ephemeralContainers[1].env[0]: NVIDIA_VISIBLE_DEVICES is set by fracgpu")
 
 
 async def test_the_webhook_answers_admission_reviews(aiohttp_client):

@@ -267,7 +267,8 @@ async def _admit_pods(request: web.Request) -> web.Response:
     old = review_request.get("oldObject") if isinstance(review_request.get("oldObject"), dict) else None
     answer = review(pod, operation=str(review_request.get("operation")), user=str(user), old=old,
                     settings=extender.core, extender_user=settings.extender_user,
-                    scheduler_name=settings.scheduler_name, runtime_class=settings.runtime_class)
+                    scheduler_name=settings.scheduler_name, runtime_class=settings.runtime_class,
+                    sub_resource=str(review_request.get("subResource") or ""))
     response: dict = {"uid": review_request["uid"], "allowed": answer.allowed}
     if not answer.allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": f"fracgpu: {answer.message}"}

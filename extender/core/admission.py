@@ -34,8 +34,9 @@ class Answer:
 
 
 def review(pod: Mapping, *, operation: str, user: str, old: Mapping | None, settings: CoreSettings,
-           extender_user: str, scheduler_name: str, runtime_class: str = "") -> Answer:
-    """Admit or refuse one pod CREATE or UPDATE (see the module docstring).
+           extender_user: str, scheduler_name: str, runtime_class: str = "", sub_resource: str = "") -> Answer:
+    """Admit or refuse one pod CREATE or UPDATE (see the module docstring); ``sub_resource`` is the request's
+    (``ephemeralcontainers`` for ``kubectl debug``).
 
     ``runtime_class``, where set, is the RuntimeClass whose handler is the NVIDIA container runtime (on nodes
     where it is not the default runtime): fracgpu pods get it, every other pod is refused it, so only a pod
@@ -43,6 +44,8 @@ def review(pod: Mapping, *, operation: str, user: str, old: Mapping | None, sett
     refused = _protected_annotations(pod, old, user, extender_user)
     if refused:
         return Answer(False, refused)
+    if sub_resource == "ephemeralcontainers":
+        return _ephemeral_containers(pod, old or {})
     if operation != "CREATE":
         if _annotation(pod, SHARING_ANNOTATION) != _annotation(old or {}, SHARING_ANNOTATION):
             return Answer(False, f"metadata.annotations[{SHARING_ANNOTATION}]: is set when the pod is created and "
@@ -79,6 +82,38 @@ def review(pod: Mapping, *, operation: str, user: str, old: Mapping | None, sett
     return Answer(True, patch=patch)
 
 
+def _ephemeral_containers(pod: Mapping, old: Mapping) -> Answer:
+    """A container added to a running pod (``kubectl debug``) runs with the pod's runtime, so with the NVIDIA
+    runtime in a fracgpu pod: it sees no GPU (``NVIDIA_VISIBLE_DEVICES=void``, whatever its image sets), and may
+    not set the GPU variables itself."""
+    before = (old.get("spec") or {}).get("ephemeralContainers") or []
+    present = {c.get("name") for c in before if isinstance(c, Mapping)}
+    patch: list[dict] = []
+    for position, container in enumerate((pod.get("spec") or {}).get("ephemeralContainers") or []):
+        if not isinstance(container, Mapping) or container.get("name") in present:
+            continue
+        where = f"spec.ephemeralContainers[{position}]"
+        env = container.get("env") or []
+        try:
+            _check_env(where, env)
+        except InvalidRequest as exc:
+            return Answer(False, str(exc))
+        patch += _append(f"/spec/ephemeralContainers/{position}/env", env,
+                         [{"name": "NVIDIA_VISIBLE_DEVICES", "value": NO_GPU}])
+    return Answer(True, patch=patch)
+
+
+def _check_env(where: str, env: object) -> None:
+    """InvalidRequest for a container that sets a variable only the hand-off may set."""
+    if not isinstance(env, list):
+        raise InvalidRequest(f"{where}.env", "must be a list")
+    for index, entry in enumerate(env):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and (name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)):
+            raise InvalidRequest(f"{where}.env[{index}]", f"{name} is set by fracgpu from the pod's "
+                                                          f"assignment; a pod may not set it")
+
+
 def _containers_patch(spec: Mapping, request: PodRequest) -> list[dict]:
     """Each GPU container's hand-off (and, for MPS, the daemon's pipes and shared memory); NO_GPU for the others.
     Raises InvalidRequest for a container that sets a reserved variable itself."""
@@ -89,13 +124,7 @@ def _containers_patch(spec: Mapping, request: PodRequest) -> list[dict]:
         for position, container in enumerate(spec.get(field_name) or []):  # parse_pod checked they are objects
             where = f"spec.{field_name}[{position}]"
             env = container.get("env") or []
-            if not isinstance(env, list):
-                raise InvalidRequest(f"{where}.env", "must be a list")
-            for index, entry in enumerate(env):
-                name = entry.get("name") if isinstance(entry, Mapping) else None
-                if isinstance(name, str) and (name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)):
-                    raise InvalidRequest(f"{where}.env[{index}]", f"{name} is set by fracgpu from the pod's "
-                                                                  f"assignment; a pod may not set it")
+            _check_env(where, env)
             gpu = container.get("name") in gpu_containers
             wanted = env_for(str(container["name"]), mps=mps) if gpu else [
                 {"name": "NVIDIA_VISIBLE_DEVICES", "value": NO_GPU}]

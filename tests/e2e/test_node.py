@@ -189,3 +189,26 @@ def test_an_mps_pod_gets_the_mps_daemons_pipes_and_shared_memory_and_its_limits(
     assert set(seen["files"]) == {f"{MPS_PIPES}/from-the-daemon", "/dev/shm/from-the-daemon"}
     logger = received(real_node, pod)["logger"]
     assert logger["env"]["NVIDIA_VISIBLE_DEVICES"] == "void" and logger["files"] == [] and not logger["devices"]
+
+
+def test_a_container_added_to_a_running_gpu_pod_sees_no_gpu(control_plane, k8s, real_node, gpu_namespace):
+    """kubectl debug adds an ephemeral container, which runs with the pod's runtime (here the NVIDIA one) and an
+    image that sets NVIDIA_VISIBLE_DEVICES=all. A tenant who may add one gets no GPU through it."""
+    from kubernetes import client
+
+    ns = k8s.namespace
+    rbac = client.RbacAuthorizationV1Api(control_plane.api_client())
+    rbac.patch_namespaced_role("tenant", ns, {"rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "update", "get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch", "update"]}]})
+    gpu_namespace.create_namespaced_pod(ns, pod_body(ns, "debugged", node=NODE,
+                                                     containers=[probe("main", units=20, memory_mib=1000)]))
+    pod = running(k8s, {"debugged"})["debugged"]
+    debug = probe("debug")
+    del debug["resources"]
+    gpu_namespace.patch_namespaced_pod_ephemeralcontainers("debugged", ns, {"spec": {"ephemeralContainers": [debug]}})
+    report = k8s.wait(lambda: parse_report(real_node.container_output(ns, "debugged", pod.metadata.uid, "debug") or
+                                           ""), "the debug container's report", 60)
+    assert report["env"]["NVIDIA_VISIBLE_DEVICES"] == "void" and report["devices"] == {}
+    main = k8s.wait(lambda: received(real_node, pod)["main"], "the main container's report")
+    assert len(main["devices"]) == 1  # the pod's own container still sees its GPU
