@@ -108,7 +108,7 @@ def test_only_fracgpu_pods_run_with_the_gpu_runtime_class():
     plain["spec"]["containers"][0]["resources"] = {}
     plain["spec"]["runtimeClassName"] = "nvidia"
     message = admit(plain, runtime_class="nvidia").message
-    assert message.startswith("spec.runtimeClassName: 'nvidia' is the runtime that exposes GPUs"), message
+    assert message.startswith("spec.runtimeClassName: 'nvidia' is a runtime that exposes GPUs"), message
     assert admit(plain).allowed  # without --runtime-class, the class is not fracgpu's to police
     assert not any(op["path"] == "/spec/runtimeClassName" for op in admit(fracgpu_pod(units=30)).patch)
 
@@ -189,6 +189,64 @@ def test_a_container_added_to_a_running_pod_sees_no_gpu_and_may_not_set_the_gpu_
     after["spec"]["ephemeralContainers"][1]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
     assert admit(after, operation="UPDATE", old=before, sub_resource="ephemeralcontainers").message.startswith(
         "spec.ephemeralContainers[1].env[0]: NVIDIA_VISIBLE_DEVICES is set by fracgpu")
+
+
+@pytest.mark.parametrize("make", [lambda: fracgpu_pod(units=30, extra_containers=[{"name": "logger"}]),
+                                  lambda: mps_pod(units=30, extra_containers=[{"name": "logger"}])],
+                         ids=["time-slicing", "mps"])
+def test_admission_invoked_again_on_its_own_output_adds_only_what_is_missing(make):
+    # reinvocationPolicy IfNeeded: another webhook (a sidecar injector) adds a container after fracgpu's patch,
+    # and fracgpu is called again with the pod as it now is
+    once = apply(make(), admit(make(), runtime_class="nvidia").patch)
+    once["spec"]["containers"].append({"name": "istio-proxy", "image": "proxy"})
+    again = admit(once, runtime_class="nvidia")
+    assert again.allowed, again.message
+    assert again.patch == [{"op": "add", "path": "/spec/containers/2/env",
+                            "value": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]}]
+    twice = apply(once, again.patch)
+    assert admit(twice, runtime_class="nvidia").patch == []
+    # the entries recognised are those fracgpu gives that very container: another container's are still refused
+    stolen = json.loads(json.dumps(twice))
+    stolen["spec"]["containers"][2]["env"] = twice["spec"]["containers"][0]["env"][:1]
+    assert admit(stolen).message.startswith("spec.containers[2].env[0]: NVIDIA_VISIBLE_DEVICES is set by fracgpu")
+
+
+def test_a_debug_container_admitted_again_keeps_its_one_entry():
+    before = fracgpu_pod(units=30)
+    after = json.loads(json.dumps(before))
+    after["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "cuda-like"}]
+    once = apply(after, admit(after, operation="UPDATE", old=before, sub_resource="ephemeralcontainers").patch)
+    again = admit(once, operation="UPDATE", old=before, sub_resource="ephemeralcontainers")
+    assert again.allowed and again.patch == [], again.message
+
+
+def test_every_nvidia_runtime_class_is_refused_to_pods_without_fracgpu_resources():
+    # NVIDIA's GPU Operator installs nvidia, nvidia-cdi and nvidia-legacy, each on the NVIDIA runtime
+    classes = "nvidia, nvidia-cdi,nvidia-legacy"
+    plain = gpu_pod("p")
+    plain["spec"]["containers"][0]["resources"] = {}
+    for name in ("nvidia-cdi", "nvidia-legacy"):
+        plain["spec"]["runtimeClassName"] = name
+        assert admit(plain, runtime_class=classes).message.startswith(
+            f"spec.runtimeClassName: {name!r} is a runtime that exposes GPUs")
+    plain["spec"]["runtimeClassName"] = "kata"
+    assert admit(plain, runtime_class=classes).allowed
+    answer = admit(fracgpu_pod(units=30), runtime_class=classes)
+    assert {"op": "add", "path": "/spec/runtimeClassName", "value": "nvidia"} in answer.patch
+
+
+def test_an_update_may_not_give_a_fracgpu_pod_the_toleration_of_mps_nodes():
+    before = fracgpu_pod(units=30)
+    after = json.loads(json.dumps(before))
+    after["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}, {"operator": "Exists"}]
+    assert admit(after, operation="UPDATE", old=before).message.startswith(
+        "spec.tolerations[1]: tolerates the taint of MPS nodes, where a pod must ask for MPS")
+    after["spec"]["tolerations"].pop()
+    assert admit(after, operation="UPDATE", old=before).allowed  # another toleration may be added
+    mps_before = mps_pod(units=30)
+    mps_after = json.loads(json.dumps(mps_before))
+    mps_after["spec"]["tolerations"] = [{"operator": "Exists"}]
+    assert admit(mps_after, operation="UPDATE", old=mps_before).allowed
 
 
 async def test_the_webhook_answers_admission_reviews(aiohttp_client):

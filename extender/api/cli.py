@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--extender-user",
                        help="the only user admission lets write assignments (default: deploy/'s ServiceAccount)")
     serve.add_argument("--runtime-class",
-                       help="the RuntimeClass of the NVIDIA runtime: admission gives it to fracgpu pods and refuses "
-                            "it to every other pod (default: none)")
+                       help="the RuntimeClasses of the NVIDIA runtime, comma-separated (nvidia,nvidia-cdi,"
+                            "nvidia-legacy): admission gives the first to fracgpu pods and refuses all to every "
+                            "other pod (default: none)")
     serve.add_argument("--max-connections", type=int,
                        help="open connections at most; beyond, the oldest idle one is closed (default 512; the "
                             "probe and admission listeners: at most 64 each)")

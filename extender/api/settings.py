@@ -60,8 +60,8 @@ class ExtenderSettings(BaseModel):
     # extender's own ServiceAccount in deploy/)
     scheduler_name: str = "fracgpu-scheduler"
     extender_user: str = "system:serviceaccount:fracgpu-system:fracgpu-scheduler"
-    # the RuntimeClass of the NVIDIA container runtime, where it is not the nodes' default: given to fracgpu
-    # pods, refused to all others ("": none, pods run with the node's default runtime)
+    # the RuntimeClasses of the NVIDIA container runtime, comma-separated, where it is not the nodes' default: the
+    # first given to fracgpu pods, all refused to other pods ("": none, pods run with the node's default runtime)
     runtime_class: str = ""
     fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
 

@@ -23,6 +23,7 @@ from .settings import ASSIGNMENT_ANNOTATION, MPS, SHARING_ANNOTATION, SHARING_LA
 RESERVED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 RESERVED_ENV_PREFIXES = ("CUDA_MPS_", "FRACGPU_")
 MPS_TOLERATION = {"key": SHARING_LABEL, "operator": "Equal", "value": MPS, "effect": "NoSchedule"}
+NO_GPU_ENV = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": NO_GPU}]  # every container of a GPU pod but its GPU ones
 MPS_VOLUMES = {"fracgpu-mps-pipe": (MPS_PIPES, MPS_PIPES), "fracgpu-mps-shm": (MPS_SHM, "/dev/shm")}  # host, in
 
 
@@ -38,28 +39,29 @@ def review(pod: Mapping, *, operation: str, user: str, old: Mapping | None, sett
     """Admit or refuse one pod CREATE or UPDATE (see the module docstring); ``sub_resource`` is the request's
     (``ephemeralcontainers`` for ``kubectl debug``).
 
-    ``runtime_class``, where set, is the RuntimeClass whose handler is the NVIDIA container runtime (on nodes
-    where it is not the default runtime): fracgpu pods get it, every other pod is refused it, so only a pod
-    with an assignment runs where ``NVIDIA_VISIBLE_DEVICES`` is acted on."""
+    ``runtime_class``, where set, names the RuntimeClasses whose handler is the NVIDIA container runtime (on
+    nodes where it is not the default runtime), comma-separated: fracgpu pods get the first, every other pod is
+    refused all of them, so only a pod with an assignment runs where ``NVIDIA_VISIBLE_DEVICES`` is acted on.
+
+    Admission may be invoked again on its own output (``reinvocationPolicy: IfNeeded``, after another webhook
+    changed the pod): what it added is then recognised, entry for entry, and not added twice."""
     refused = _protected_annotations(pod, old, user, extender_user)
     if refused:
         return Answer(False, refused)
     if sub_resource == "ephemeralcontainers":
         return _ephemeral_containers(pod, old or {})
     if operation != "CREATE":
-        if _annotation(pod, SHARING_ANNOTATION) != _annotation(old or {}, SHARING_ANNOTATION):
-            return Answer(False, f"metadata.annotations[{SHARING_ANNOTATION}]: is set when the pod is created and "
-                                 f"cannot change")
-        return Answer(True)
+        return _update(pod, old or {}, settings)
     try:
         request = parse_pod(pod, settings)
     except InvalidRequest as exc:
         return Answer(False, str(exc))
     spec = pod.get("spec") or {}
     runtime = spec.get("runtimeClassName")
+    nvidia = [name.strip() for name in runtime_class.split(",") if name.strip()]
     if not request.wants_gpu:
-        if runtime_class and runtime == runtime_class:
-            return Answer(False, f"spec.runtimeClassName: {runtime_class!r} is the runtime that exposes GPUs; only "
+        if runtime in nvidia:
+            return Answer(False, f"spec.runtimeClassName: {runtime!r} is a runtime that exposes GPUs; only "
                                  f"a pod that asks for {settings.vgpu_resource} may use it")
         return Answer(True)
     if spec.get("nodeName"):
@@ -69,17 +71,38 @@ def review(pod: Mapping, *, operation: str, user: str, old: Mapping | None, sett
         return Answer(False, f"spec.schedulerName: a pod that asks for {settings.vgpu_resource} must name "
                              f"{scheduler_name!r}, not {spec.get('schedulerName')!r}")
     patch: list[dict] = []
-    if runtime_class and runtime != runtime_class:
+    if nvidia and runtime != nvidia[0]:
         if runtime is not None:
             return Answer(False, f"spec.runtimeClassName: a pod that asks for {settings.vgpu_resource} runs with "
-                                 f"{runtime_class!r}, the runtime that hands it its GPUs, not {runtime!r}")
-        patch.append({"op": "add", "path": "/spec/runtimeClassName", "value": runtime_class})
+                                 f"{nvidia[0]!r}, the runtime that hands it its GPUs, not {runtime!r}")
+        patch.append({"op": "add", "path": "/spec/runtimeClassName", "value": nvidia[0]})
     try:
         patch += _sharing_patch(spec, request.sharing == MPS)
         patch += _containers_patch(spec, request)
     except InvalidRequest as exc:
         return Answer(False, str(exc))
     return Answer(True, patch=patch)
+
+
+def _update(pod: Mapping, old: Mapping, settings: CoreSettings) -> Answer:
+    """An update may not change the sharing mode, nor give a fracgpu pod that does not ask for MPS a toleration
+    of MPS nodes' taint (Kubernetes lets a pod's tolerations grow after it is created)."""
+    sharing = _annotation(pod, SHARING_ANNOTATION)
+    if sharing != _annotation(old, SHARING_ANNOTATION):
+        return Answer(False, f"metadata.annotations[{SHARING_ANNOTATION}]: is set when the pod is created and "
+                             f"cannot change")
+    try:
+        wants_gpu = parse_pod(pod, settings).wants_gpu
+    except InvalidRequest:
+        wants_gpu = True  # what the pod asks cannot be read: hold it to the stricter rule
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    had = (old.get("spec") or {}).get("tolerations") or []
+    if wants_gpu and sharing != MPS and isinstance(tolerations, list):
+        for index, toleration in enumerate(tolerations):
+            if isinstance(toleration, Mapping) and toleration not in had and _tolerates_mps(toleration):
+                return Answer(False, f"spec.tolerations[{index}]: tolerates the taint of MPS nodes, where a pod "
+                                     f"must ask for MPS ({SHARING_ANNOTATION}: {MPS})")
+    return Answer(True)
 
 
 def _ephemeral_containers(pod: Mapping, old: Mapping) -> Answer:
@@ -95,19 +118,21 @@ def _ephemeral_containers(pod: Mapping, old: Mapping) -> Answer:
         where = f"spec.ephemeralContainers[{position}]"
         env = container.get("env") or []
         try:
-            _check_env(where, env)
+            _check_env(where, env, NO_GPU_ENV)
         except InvalidRequest as exc:
             return Answer(False, str(exc))
-        patch += _append(f"/spec/ephemeralContainers/{position}/env", env,
-                         [{"name": "NVIDIA_VISIBLE_DEVICES", "value": NO_GPU}])
+        patch += _append(f"/spec/ephemeralContainers/{position}/env", env, NO_GPU_ENV)
     return Answer(True, patch=patch)
 
 
-def _check_env(where: str, env: object) -> None:
-    """InvalidRequest for a container that sets a variable only the hand-off may set."""
+def _check_env(where: str, env: object, ours: list[dict]) -> None:
+    """InvalidRequest for a container that sets a variable only the hand-off may set, other than by the very
+    entries the hand-off gives this container (``ours``: present when admission sees its own output again)."""
     if not isinstance(env, list):
         raise InvalidRequest(f"{where}.env", "must be a list")
     for index, entry in enumerate(env):
+        if entry in ours:
+            continue
         name = entry.get("name") if isinstance(entry, Mapping) else None
         if isinstance(name, str) and (name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)):
             raise InvalidRequest(f"{where}.env[{index}]", f"{name} is set by fracgpu from the pod's "
@@ -124,22 +149,21 @@ def _containers_patch(spec: Mapping, request: PodRequest) -> list[dict]:
         for position, container in enumerate(spec.get(field_name) or []):  # parse_pod checked they are objects
             where = f"spec.{field_name}[{position}]"
             env = container.get("env") or []
-            _check_env(where, env)
             gpu = container.get("name") in gpu_containers
-            wanted = env_for(str(container["name"]), mps=mps) if gpu else [
-                {"name": "NVIDIA_VISIBLE_DEVICES", "value": NO_GPU}]
+            wanted = env_for(str(container["name"]), mps=mps) if gpu else NO_GPU_ENV
+            _check_env(where, env, wanted)
             patch += _append(f"/spec/{field_name}/{position}/env", env, wanted)
             if gpu and mps:
                 mounts = container.get("volumeMounts") or []
                 if not isinstance(mounts, list):
                     raise InvalidRequest(f"{where}.volumeMounts", "must be a list")
+                ours = [{"name": name, "mountPath": inside} for name, (_, inside) in MPS_VOLUMES.items()]
                 for index, mount in enumerate(mounts):
                     path = mount.get("mountPath") if isinstance(mount, Mapping) else None
-                    if path in ("/dev/shm", MPS_PIPES):
+                    if path in ("/dev/shm", MPS_PIPES) and mount not in ours:
                         raise InvalidRequest(f"{where}.volumeMounts[{index}]",
                                              f"an MPS client gets the MPS daemon's {path}; a pod may not mount it")
-                patch += _append(f"/spec/{field_name}/{position}/volumeMounts", mounts, [
-                    {"name": name, "mountPath": inside} for name, (_, inside) in MPS_VOLUMES.items()])
+                patch += _append(f"/spec/{field_name}/{position}/volumeMounts", mounts, ours)
     return patch
 
 
@@ -164,13 +188,14 @@ def _sharing_patch(spec: Mapping, mps: bool) -> list[dict]:
     volumes = spec.get("volumes") or []
     if not isinstance(volumes, list):
         raise InvalidRequest("spec.volumes", "must be a list")
-    taken = {v.get("name") for v in volumes if isinstance(v, Mapping)} & set(MPS_VOLUMES)
+    ours = [{"name": name, "hostPath": {"path": host, "type": "Directory"}} for name, (host, _) in MPS_VOLUMES.items()]
+    taken = {v.get("name") for v in volumes if isinstance(v, Mapping) and v not in ours} & set(MPS_VOLUMES)
     if taken:
         raise InvalidRequest("spec.volumes", f"{sorted(taken)[0]} is the name of the volume fracgpu adds for MPS")
-    patch = [{"op": "add", "path": "/spec/nodeSelector", "value": {**selector, SHARING_LABEL: MPS}}]
+    patch = [] if selector.get(SHARING_LABEL) == MPS else [
+        {"op": "add", "path": "/spec/nodeSelector", "value": {**selector, SHARING_LABEL: MPS}}]
     patch += _append("/spec/tolerations", tolerations, [MPS_TOLERATION])
-    return patch + _append("/spec/volumes", volumes, [
-        {"name": name, "hostPath": {"path": host, "type": "Directory"}} for name, (host, _) in MPS_VOLUMES.items()])
+    return patch + _append("/spec/volumes", volumes, ours)
 
 
 def _tolerates_mps(toleration: Mapping) -> bool:
@@ -185,7 +210,11 @@ def _tolerates_mps(toleration: Mapping) -> bool:
 
 
 def _append(path: str, present: list, entries: list[dict]) -> list[dict]:
-    """JSON-patch operations that append ``entries`` to the list at ``path`` (creating it when empty)."""
+    """JSON-patch operations that append to the list at ``path`` (creating it when empty) those of ``entries``
+    it does not hold yet."""
+    entries = [entry for entry in entries if entry not in present]
+    if not entries:
+        return []
     if present:
         return [{"op": "add", "path": f"{path}/-", "value": entry} for entry in entries]
     return [{"op": "add", "path": path, "value": entries}]

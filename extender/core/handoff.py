@@ -77,8 +77,10 @@ def mps_limits(container: ContainerAssignment, units_per_gpu: int) -> dict[str, 
 def env_for(container: str, *, mps: bool = False) -> list[dict]:
     """The environment entries (Kubernetes ``EnvVar`` dicts) that hand a GPU container its share."""
     fields = {**FIELDS, **MPS_FIELDS} if mps else FIELDS
+    # apiVersion as the API server defaults it, so that a pod admitted again (another webhook changed it, and
+    # admission is invoked once more) carries exactly these entries and they are recognised as fracgpu's
     env = [{"name": variable, "valueFrom": {"fieldRef": {
-                "fieldPath": f"metadata.annotations['{annotation_key(container, field)}']"}}}
+                "apiVersion": "v1", "fieldPath": f"metadata.annotations['{annotation_key(container, field)}']"}}}
            for variable, field in fields.items()]
     if mps:
         env.append({"name": "CUDA_MPS_PIPE_DIRECTORY", "value": MPS_PIPES})

@@ -127,7 +127,7 @@ def test_a_pod_without_fracgpu_resources_sees_no_gpu_on_a_gpu_node(control_plane
     asking["spec"] = dict(plain["spec"], runtimeClassName=RUNTIME_HANDLER)
     with pytest.raises(ApiException) as caught:
         tenant.create_namespaced_pod(ns, asking)
-    assert caught.value.status == 403 and "spec.runtimeClassName: 'nvidia' is the runtime that exposes GPUs" in \
+    assert caught.value.status == 403 and "spec.runtimeClassName: 'nvidia' is a runtime that exposes GPUs" in \
         caught.value.body, caught.value.body
 
     control_ns = f"{ns}-control"  # outside every webhook's namespaceSelector
