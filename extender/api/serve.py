@@ -90,8 +90,10 @@ class _Handshake(sslproto.SSLProtocol):
     the TLS tests in test_hostile.py and test_cli.py fail if that changes.)"""
 
     def __init__(self, handler: asyncio.BaseProtocol, context: ssl.SSLContext, timeout: float | None) -> None:
+        # the shutdown timeout too: a connection closed for a newer one (no longer counted) holds its socket
+        # through the TLS close for at most this long, not asyncio's default 30 s
         super().__init__(asyncio.get_running_loop(), handler, context, None, server_side=True,
-                         ssl_handshake_timeout=timeout)
+                         ssl_handshake_timeout=timeout, ssl_shutdown_timeout=timeout)
         self.handler = handler
         self.raw: asyncio.BaseTransport | None = None  # the TCP connection
         self.aborted = False
