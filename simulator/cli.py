@@ -2,6 +2,8 @@
 
     fracgpu-sim compare [--policies random,dot-product,...] [--seeds 42-51] [--ratio 1.3] [--tie-break first]
                         [--nodes FILE] [--pods FILE] [--jobs N] [--out sim-results]
+    fracgpu-sim grid    [--traces all] [--data DIR] [--policies ...] [--seeds 42-51] [--scheduler tcp://host:8786]
+                        [--jobs N] [--out sim-grid]
     fracgpu-sim replay  [--policy fgd] [--arrival-scale 100] [--seed 42] [--pods FILE] [--out sim-replay]
     fracgpu-sim synth   --pods 2000 --seed 7 --out pods.jsonl
 
@@ -70,6 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--no-plots", action="store_true")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    grid = sub.add_parser("grid", help="the inflation experiment over several traces: one trace x policy table")
+    grid.add_argument("--traces", default="all",
+                      help="comma-separated trace names (openb_pod_list_<name>.csv in --data) or pod files; "
+                           "all: every openb pod list in --data (default)")
+    grid.add_argument("--data", help="folder of openb_pod_list_<name>.csv files (default: the embedded default trace)")
+    grid.add_argument("--policies", default=",".join(PAPER), help="comma-separated labels (default: the paper's six)")
+    grid.add_argument("--seeds", type=parse_seeds, default=parse_seeds(DEFAULT_SEEDS))
+    grid.add_argument("--ratio", type=float, default=1.3, help="inflate GPU requests to this x capacity")
+    grid.add_argument("--tie-break", choices=("first", "random", "name"), default="first")
+    grid.add_argument("--node-order", choices=("shuffled", "as-given"), default="shuffled")
+    grid.add_argument("--nodes", help="openb node CSV or a Kubernetes Node list (default: the embedded GPU nodes)")
+    grid.add_argument("--jobs", type=positive_int, default=None, help="local processes (default: all cores)")
+    grid.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:8786) instead")
+    grid.add_argument("--out", type=Path, default=Path("sim-grid"))
+    grid.add_argument("--no-plots", action="store_true")
+    grid.add_argument("--quiet", action="store_true", help="no progress bar")
+
     replay = sub.add_parser("replay", help="the trace's own arrivals and durations, arrival rate scaled")
     replay.add_argument("--policies", default="fgd,best-fit")
     replay.add_argument("--arrival-scale", type=float, default=100.0,
@@ -91,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "grid":
+            return _grid(args)
         if args.command == "replay":
             return _replay(args)
         return _synth(args)
@@ -113,6 +134,27 @@ def _compare(args) -> int:
     summaries = write_outputs(results, specs, args.seeds, settings, args.out, plots=not args.no_plots)
     print(format_table(table_rows(summaries)))
     print(f"\nwrote {args.out}/results.csv, curves.csv, report.md" + ("" if args.no_plots else " and plots"))
+    return 0
+
+
+def _grid(args) -> int:
+    import os
+    import time
+
+    from .compare import Settings, format_table
+    from .grid import find_traces, run_grid, write_outputs
+
+    traces = find_traces(args.traces, args.data)
+    labels = [spec.label for spec in _specs(args.policies)]
+    settings = Settings(nodes=args.nodes, ratio=args.ratio, tie_break=args.tie_break, node_order=args.node_order)
+    started = time.monotonic()
+    cells = run_grid(traces, labels, args.seeds, settings, jobs=args.jobs, scheduler=args.scheduler,
+                     progress=not args.quiet)
+    workers = f"dask scheduler {args.scheduler}" if args.scheduler else f"{args.jobs or os.cpu_count()} local process(es)"
+    rows = write_outputs(cells, traces, labels, args.seeds, settings, args.out, seconds=time.monotonic() - started,
+                         workers=workers, plots=not args.no_plots)
+    print(format_table(rows))
+    print(f"\nwrote {args.out}/grid.csv, report.md" + ("" if args.no_plots else " and grid.png"))
     return 0
 
 
