@@ -4,7 +4,7 @@ static cluster (40,000 pods placed), served by `fracgpu-extender serve` in its o
 Prints p50/p99 per call and per Filter+Prioritize pair, sustained pairs/s with several calls in flight, and
 the same pair answered in-process (no HTTP) as the baseline of the ratio. Figures are printed, not asserted.
 
-    python benchmarks/bench_http.py [--nodes 5000 --pods 40000 --pairs 400 --in-flight 4]
+    python benchmarks/bench_http.py [--nodes 5000 --pods 40000 --pairs 400 --in-flight 4 --policy binpack]
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ async def drive(base: str, payloads: list[bytes], in_flight: int) -> tuple[list[
     return filter_t, prio_t, pair_t, len(payloads) / elapsed
 
 
-def in_process(nodes: list[dict], pods: list[dict], payloads: list[bytes]) -> list[float]:
-    extender = Extender(load_settings(env={}), StaticCluster([], []))
+def in_process(nodes: list[dict], pods: list[dict], payloads: list[bytes], policy: str) -> list[float]:
+    extender = Extender(load_settings(env={}, flags={"policy": policy}), StaticCluster([], []))
     for node in nodes:
         extender.on_node(node)
     for pod in pods:
@@ -128,10 +128,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=400)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--policy", default="binpack", help="the extender's --policy")
     args = parser.parse_args()
 
     path, nodes, pods = cluster_file(args.nodes, args.pods, args.seed)
-    print(f"static cluster: {len(nodes)} nodes x 8 GPUs, {len(pods)} pods ({path.stat().st_size / 1e6:.0f} MB JSON)")
+    print(f"static cluster: {len(nodes)} nodes x 8 GPUs, {len(pods)} pods ({path.stat().st_size / 1e6:.0f} MB JSON); "
+          f"policy {args.policy}")
     rng = random.Random(args.seed)
     names = [n["metadata"]["name"] for n in nodes]
     payloads = []
@@ -143,7 +145,8 @@ def main() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen([sys.executable, "-m", "extender.api.cli", "serve", "--cluster", str(path),
-                               "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"], env=env)
+                               "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING", "--policy", args.policy],
+                              env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.perf_counter()
@@ -179,7 +182,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-    base_samples = in_process(nodes, pods, payloads)
+    base_samples = in_process(nodes, pods, payloads, args.policy)
     print(f"\nbaseline, the same pairs in-process (no HTTP, no server): mean {statistics.fmean(base_samples) * 1e3:.2f} ms")
     print(f"ratio HTTP pair / in-process pair (mean): {statistics.fmean(pair) / statistics.fmean(base_samples):.2f}x")
 

@@ -9,7 +9,7 @@ node, as the extender's Filter does), to show what the per-shape cache buys. The
 Each configuration runs ``--repeat`` times (default 3) and the median is reported with the fastest: on a shared
 machine one run can be 1.5x another of the same code.
 
-    python benchmarks/bench_sim.py [--policies fgd,best-fit] [--scales 1,2,4] [--repeat 3] [--no-baseline]
+    python benchmarks/bench_sim.py [--policies fgd,best-fit,fgd-lookahead] [--scales 1,2,4] [--repeat 3] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.compare import settle  # noqa: E402
 from simulator.experiments import inflation  # noqa: E402
-from simulator.policy_specs import PAPER  # noqa: E402
+from simulator.policy_specs import resolve  # noqa: E402
 from simulator.trace import load_openb_nodes, load_openb_pods  # noqa: E402
 
 PUBLISHED_SECONDS = 600.0
@@ -40,7 +40,7 @@ def timed(nodes, pods, label, cache, repeat=1):
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        result = inflation(nodes, pods, PAPER[label], seed=42, cache=cache)
+        result = inflation(nodes, pods, resolve(label), seed=42, cache=cache)
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), result
 
@@ -55,7 +55,7 @@ def main() -> None:
     nodes, pods = load_openb_nodes(), load_openb_pods()
     settle()  # as a compare worker does once the trace is loaded
     scales = [int(s) for s in args.scales.split(",")]
-    print(f"{'policy':<10} {'cluster':>8} {'pods':>7} {'median s':>8} {'fastest':>7} {'x base':>7} {'vs 1x':>6} "
+    print(f"{'policy':<14} {'cluster':>8} {'pods':>7} {'median s':>8} {'fastest':>7} {'x base':>7} {'vs 1x':>6} "
           f"{'vs published':>12}")
     for label in args.policies.split(","):
         first = None
@@ -68,7 +68,7 @@ def main() -> None:
                 uncached, _, check = timed(cluster, pods, label, cache=False)
                 assert check == result, "cached and uncached runs must decide alike"
                 base = f"{uncached / seconds:.1f}x"
-            print(f"{label:<10} {len(cluster):>8} {result.pods:>7} {seconds:>8.2f} {fastest:>7.2f} {base:>7} "
+            print(f"{label:<14} {len(cluster):>8} {result.pods:>7} {seconds:>8.2f} {fastest:>7.2f} {base:>7} "
                   f"{seconds / first:>5.1f}x {PUBLISHED_SECONDS / seconds:>11.0f}x", flush=True)
 
 

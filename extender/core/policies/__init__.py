@@ -15,6 +15,7 @@ from .best_fit import BestFit
 from .binpack import Binpack
 from .dot_product import DotProduct
 from .fgd import Fgd
+from .fgd_lookahead import FgdLookahead
 from .first_fit import FirstFit
 from .gpu_clustering import GpuClustering
 from .gpu_packing import GpuPacking
@@ -23,7 +24,8 @@ from .spread import Spread
 
 POLICIES: dict[str, type[Policy]] = {
     policy.name: policy
-    for policy in (FirstFit, BestFit, Binpack, Spread, Random, DotProduct, GpuPacking, GpuClustering, Fgd)
+    for policy in (FirstFit, BestFit, Binpack, Spread, Random, DotProduct, GpuPacking, GpuClustering, Fgd,
+                   FgdLookahead)
 }
 DEFAULT_POLICY = "binpack"
 _CONTEXT = ("seed", "workload")  # what make_policy passes to a policy whose constructor names it

@@ -129,11 +129,15 @@ class Fgd(Policy):
         if need.count == 1 and need.units > 0:
             scores = self._single_gpu_scores(view, need)
             return np.where(take.charged, scores, -np.inf).max(axis=1).clip(0.0, None)
+        return _score(self._decrease(view, need, take), view.units_per_gpu)
+
+    def _decrease(self, view: View, need: Need, take: Take) -> np.ndarray:
+        """Per node, F before the pod less F after it (any pod but one on a single GPU)."""
         access = self.shape_access(view)
         cpu = view.cpu_room  # unlimited where the core does not account CPU
         before = self.fragmentation(view.free_units, cpu, access)
         after = self.fragmentation(view.free_units - take.units, cpu - need.cpu_milli, access)
-        return _score(before - after, view.units_per_gpu)
+        return before - after
 
     def _single_gpu_scores(self, view: View, need: Need) -> np.ndarray:
         """(nodes, GPUs): the score of putting this one-GPU pod on each GPU, kept per row version (and per
@@ -150,9 +154,14 @@ class Fgd(Policy):
 
     def _one_gpu_rows(self, ledger, rows: np.ndarray, units: int, cpu_milli: int) -> np.ndarray:
         sub = View(ledger, rows)
+        decrease = self._one_gpu_decrease(sub, units, cpu_milli)
+        return np.where(sub.free_units >= units, _score(decrease, ledger.units_per_gpu), -np.inf)
+
+    def _one_gpu_decrease(self, sub: View, units: int, cpu_milli: int) -> np.ndarray:
+        """(nodes, GPUs): F before less F after a pod of ``units`` on that one GPU with ``cpu_milli`` CPU."""
         before, after = self.fragmentation_after_one(sub.free_units, sub.cpu_room, self.shape_access(sub), units,
                                                      cpu_milli)
-        return np.where(sub.free_units >= units, _score(before[:, None] - after, ledger.units_per_gpu), -np.inf)
+        return before[:, None] - after
 
 
 def _score(decrease: np.ndarray, units_per_gpu: int) -> np.ndarray:
