@@ -55,17 +55,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _inflation_arguments(parser: argparse.ArgumentParser) -> None:
+    """What compare and grid share: the policies, the seeds and the inflation's settings."""
+    parser.add_argument("--policies", default=",".join(PAPER), help="comma-separated labels (default: the paper's six)")
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds(DEFAULT_SEEDS))
+    parser.add_argument("--ratio", type=float, default=1.3, help="inflate GPU requests to this x capacity")
+    parser.add_argument("--tie-break", choices=("first", "random", "name"), default="first")
+    parser.add_argument("--node-order", choices=("shuffled", "as-given"), default="shuffled")
+    parser.add_argument("--nodes", help="openb node CSV or a Kubernetes Node list (default: the embedded GPU nodes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fracgpu-sim", description="fracgpu simulator: compare placement policies offline on traces")
     sub = parser.add_subparsers(dest="command", required=True)
 
     compare = sub.add_parser("compare", help="inflation experiment: policies x seeds, results.csv, report.md, plots")
-    compare.add_argument("--policies", default=",".join(PAPER), help="comma-separated labels (default: the paper's six)")
-    compare.add_argument("--seeds", type=parse_seeds, default=parse_seeds(DEFAULT_SEEDS))
-    compare.add_argument("--ratio", type=float, default=1.3, help="inflate GPU requests to this x capacity")
-    compare.add_argument("--tie-break", choices=("first", "random", "name"), default="first")
-    compare.add_argument("--node-order", choices=("shuffled", "as-given"), default="shuffled")
-    compare.add_argument("--nodes", help="openb node CSV or a Kubernetes Node list (default: the embedded GPU nodes)")
+    _inflation_arguments(compare)
     compare.add_argument("--pods", help="openb pod CSV or our JSONL (default: the embedded openb_pod_list_default)")
     compare.add_argument("--jobs", type=positive_int, default=None, help="processes (default: all cores)")
     compare.add_argument("--out", type=Path, default=Path("sim-results"))
@@ -77,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="comma-separated trace names (openb_pod_list_<name>.csv in --data) or pod files; "
                            "all: every openb pod list in --data (default)")
     grid.add_argument("--data", help="folder of openb_pod_list_<name>.csv files (default: the embedded default trace)")
-    grid.add_argument("--policies", default=",".join(PAPER), help="comma-separated labels (default: the paper's six)")
-    grid.add_argument("--seeds", type=parse_seeds, default=parse_seeds(DEFAULT_SEEDS))
-    grid.add_argument("--ratio", type=float, default=1.3, help="inflate GPU requests to this x capacity")
-    grid.add_argument("--tie-break", choices=("first", "random", "name"), default="first")
-    grid.add_argument("--node-order", choices=("shuffled", "as-given"), default="shuffled")
-    grid.add_argument("--nodes", help="openb node CSV or a Kubernetes Node list (default: the embedded GPU nodes)")
+    _inflation_arguments(grid)
     grid.add_argument("--jobs", type=positive_int, default=None, help="local processes (default: all cores)")
     grid.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:8786) instead")
     grid.add_argument("--out", type=Path, default=Path("sim-grid"))
