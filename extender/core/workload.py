@@ -74,41 +74,54 @@ class RecentShapes:
     """The shapes of the last ``window`` GPU pods seen: the extender's target workload. A count window, not a
     time window, so the same sequence of pods gives the same workload (no clock in the core).
 
-    ``version`` moves once a tenth of the window's pods are new since it last moved (after every pod while the
-    window is small; every 100 pods once a window of 1000 is full), so that a policy can keep what it derived
-    from the workload for more than one pod; the shapes are worked out when next read, so an extender whose
-    policies never read them does no work. Before any pod is seen, the workload is whole-GPU pods.
+    Each time a tenth of the window's pods are new (after every pod while the window is small; every 100 pods
+    once a window of 1000 is full), the workload is worked out again from the window, and ``version`` moves only
+    if it differs from the one in use by more than ``tolerance`` in total variation (half the sum of the
+    differences of each shape's probability; a shape absent from one counts 0 there). A policy keeps what it
+    derived from the workload, per node, while the version stands: an estimate that wanders by a few pods
+    sampled differently does not make it score every node again. Before any pod is seen, the workload is
+    whole-GPU pods.
     """
 
-    def __init__(self, window: int = 1000, coverage: float = 0.95, *, units_per_gpu: int = 100) -> None:
+    def __init__(self, window: int = 1000, coverage: float = 0.95, *, units_per_gpu: int = 100,
+                 tolerance: float = 0.05) -> None:
         if window < 1:
             raise ValueError(f"FGD window must be at least 1 pod, not {window}")
         if not 0 < coverage <= 1:
             raise ValueError(f"FGD coverage must be in (0, 1], not {coverage}")
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"FGD workload tolerance must be in [0, 1), not {tolerance}")
         self._shapes: deque[Shape] = deque(maxlen=window)
         self.coverage = coverage
+        self.tolerance = tolerance
         self.units_per_gpu = units_per_gpu
         self.observed = 0  # pods seen in all
         self.version = 0
-        self._moved_at = 0  # ``observed`` when ``version`` last moved
+        self._checked_at = 0  # ``observed`` when the window was last compared with the workload in use
         self._workload: list[WorkloadShape] = [(0, 1, units_per_gpu, None, 1.0)]
-        self._workload_version = 0  # the version ``_workload`` was worked out for
 
     def observe(self, shape: Shape) -> None:
         self._shapes.append(shape)
         self.observed += 1
-        if self.observed - self._moved_at >= max(1, len(self._shapes) // 10):
-            self._moved_at = self.observed
-            self.version += 1
+        if self.observed - self._checked_at >= max(1, len(self._shapes) // 10):
+            self._checked_at = self.observed
+            fresh = target_workload(self._shapes, self.coverage)
+            if distance(fresh, self._workload) > self.tolerance:
+                self._workload = fresh
+                self.version += 1
 
     def __len__(self) -> int:
         return len(self._shapes)
 
     def shapes(self) -> list[WorkloadShape]:
-        if self._workload_version != self.version:
-            self._workload = target_workload(self._shapes, self.coverage)
-            self._workload_version = self.version
         return self._workload
+
+
+def distance(a: Sequence[WorkloadShape], b: Sequence[WorkloadShape]) -> float:
+    """Total variation between two workloads: half the sum, over shapes, of the difference of probabilities."""
+    p = {tuple(w[:4]): w[4] for w in a}
+    q = {tuple(w[:4]): w[4] for w in b}
+    return sum(abs(p.get(shape, 0.0) - q.get(shape, 0.0)) for shape in p.keys() | q.keys()) / 2
 
 
 def as_workload(workload: Workload | Sequence[Sequence] | None) -> Workload:

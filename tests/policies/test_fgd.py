@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from extender.core import Ledger, evaluate, make_policy
 from extender.core.policies.fgd import Fgd
-from extender.core.workload import RecentShapes, target_workload
+from extender.core.workload import RecentShapes, distance, target_workload
 from simulator.trace import SETTINGS, sim_node
 from support import sim_pod
 
@@ -85,21 +85,36 @@ def test_target_workload_covers_95_percent_and_renormalises():
     assert sum(w[4] for w in workload) == pytest.approx(1.0) and workload[0][4] == pytest.approx(60 / 96)
 
 
-def test_recent_shapes_are_worked_out_again_once_a_tenth_of_the_window_is_new():
-    recent = RecentShapes(window=100, units_per_gpu=100)
+def test_recent_shapes_move_only_when_the_window_has_moved_past_the_tolerance():
+    recent = RecentShapes(window=100, units_per_gpu=100, tolerance=0.05)
     assert recent.shapes() == [(0, 1, 100, None, 1.0)]  # before any pod: whole GPUs
-    seen, last = [], 0
-    for n in range(1, 161):
-        shape = (0, 1, (25, 50, 75)[n % 3], None)
+    seen, last, current, moves = [], 0, [(0, 1, 100, None, 1.0)], []
+    stream = [(0, 1, (25, 50, 75)[n % 3], None) for n in range(1, 201)] + [(0, 1, 100, None)] * 60
+    for n, shape in enumerate(stream, 1):
         seen.append(shape)
         version = recent.version
         recent.observe(shape)
-        due = n - last >= max(1, min(n, 100) // 10)  # after every pod at first, every 10 pods once 100 are in
-        assert recent.version == version + due, n
-        if due:
+        if n - last >= max(1, min(n, 100) // 10):  # checked after every pod at first, every 10 pods once 100 are in
             last = n
-            expected = target_workload(seen[-100:])
-        assert recent.shapes() == expected  # between moves of the version, the workload stays as it was
+            fresh = target_workload(seen[-100:])
+            if distance(fresh, current) > 0.05:
+                current = fresh
+                moves.append(n)
+        assert recent.version == version + (moves[-1:] == [n]), n
+        assert recent.shapes() == current, n
+    # the three shares in turn: the estimate settles within the first pods, then stands
+    assert moves[0] == 1 and all(n < 30 for n in moves if n <= 200)
+    # then whole-GPU pods only: checked at 202 (2 of 100: under the 95% coverage cut, no change) and at 212 (12
+    # of 100: moved), and it keeps following while they fill the window
+    assert min(n for n in moves if n > 200) == 212 and len([n for n in moves if n > 200]) >= 4
+    assert recent.shapes()[0][:4] == (0, 1, 100, None)
+
+
+def test_the_distance_between_workloads_is_their_total_variation():
+    a = [(0, 1, 25, None, 0.5), (0, 1, 50, None, 0.5)]
+    b = [(0, 1, 25, None, 0.4), (0, 1, 100, None, 0.6)]
+    assert distance(a, b) == pytest.approx((0.1 + 0.5 + 0.6) / 2)
+    assert distance(a, a) == 0 and distance(a, []) == pytest.approx(0.5)
 
 
 def test_fgd_follows_a_live_workload_and_drops_scores_of_the_old_one():
