@@ -89,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--no-plots", action="store_true")
     grid.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    whatif = sub.add_parser("whatif", help="a cluster snapshot's GPU pods placed again by each policy on its nodes")
+    source = whatif.add_mutually_exclusive_group(required=True)
+    source.add_argument("--snapshot", help="kubectl get nodes,pods -A -o yaml (the extender's static-mode file)")
+    source.add_argument("--openb", type=positive_int, metavar="PODS",
+                        help="a snapshot of the embedded openb trace: its GPU nodes and its first PODS GPU pods")
+    whatif.add_argument("--policies", default="binpack,best-fit,fgd,fgd-lookahead",
+                        help="the extender's policies, comma-separated")
+    whatif.add_argument("--units-per-gpu", type=positive_int, default=100,
+                        help="the extender's --units-per-gpu (default 100; --openb: 1000, the trace's milli-GPUs)")
+    whatif.add_argument("--anonymize", type=Path, metavar="FILE",
+                        help="also write the snapshot with names replaced and what placement does not read dropped")
+    whatif.add_argument("--out", type=Path, default=Path("sim-whatif"))
+
     replay = sub.add_parser("replay", help="the trace's own arrivals and durations, arrival rate scaled")
     replay.add_argument("--policies", default="fgd,best-fit")
     replay.add_argument("--arrival-scale", type=float, default=100.0,
@@ -112,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "grid":
             return _grid(args)
+        if args.command == "whatif":
+            return _whatif(args)
         if args.command == "replay":
             return _replay(args)
         return _synth(args)
@@ -155,6 +170,40 @@ def _grid(args) -> int:
                          workers=workers, plots=not args.no_plots)
     print(format_table(rows))
     print(f"\nwrote {args.out}/grid.csv, report.md" + ("" if args.no_plots else " and grid.png"))
+    return 0
+
+
+def _whatif(args) -> int:
+    import yaml
+
+    from extender.api.static import ClusterFileError
+    from extender.core import CoreSettings
+
+    from .compare import format_table
+    from .whatif import anonymize, load_snapshot, openb_snapshot, what_if, write_outputs
+
+    settings = CoreSettings(units_per_gpu=1000 if args.openb else args.units_per_gpu)
+    path = args.snapshot
+    if args.openb:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "snapshot.yaml"
+        path.write_text(yaml.safe_dump(openb_snapshot(args.openb, settings), sort_keys=False))
+    try:
+        snapshot = load_snapshot(path, settings)
+        if args.anonymize:
+            from extender.api.static import read_cluster_file
+
+            nodes, pods = read_cluster_file(Path(path))
+            args.anonymize.write_text(yaml.safe_dump(anonymize(nodes, pods), sort_keys=False))
+    except ClusterFileError as error:
+        raise ValueError(str(error)) from None
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    table = write_outputs(snapshot, what_if(snapshot, policies, settings), str(path), args.out)
+    print(format_table(table))
+    for warning in snapshot.warnings:
+        print(f"left out: {warning}", file=sys.stderr)
+    print(f"\nwrote {args.out}/whatif.csv, pending.csv, report.md" +
+          (f" and {args.anonymize}" if args.anonymize else ""))
     return 0
 
 

@@ -5,6 +5,7 @@ Each test asserts what the API server holds afterwards: the pod's node, its ``fr
 """
 from __future__ import annotations
 
+import csv
 import json
 import random
 import signal
@@ -13,6 +14,7 @@ import time
 from kubernetes import client, utils
 import yaml
 
+from simulator import cli
 from testbed.controlplane import DEPLOY
 from tests.e2e.conftest import extender_log
 
@@ -234,3 +236,30 @@ def test_the_api_server_stores_the_handoff_annotations_with_the_binding(k8s):
     uuids = ",".join(share["uuid"] for share in assignment["containers"][0]["gpus"])
     assert annotations["main.containers.fracgpu.io/visible-devices"] == uuids
     assert annotations["main.containers.fracgpu.io/units"] == "100,100"
+
+
+def test_whatif_on_a_snapshot_of_this_cluster(k8s, tmp_path, capsys):
+    nodes = [k8s.node(f"w{i}", gpus=2) for i in range(3)]
+    sizes = [60, 60, 30, 50, 40, 70, 25, 45]  # 380 of the 600 units
+    for i, units in enumerate(sizes):
+        k8s.pod(f"w{i}", units=units, memory_mib=1000)
+    for i in range(len(sizes)):
+        k8s.bound(f"w{i}")
+    # the snapshot as `kubectl get nodes,pods -A -o yaml` writes it (this test's nodes and pods)
+    api = k8s.cp.api_client()
+    items = [{**api.sanitize_for_serialization(n), "apiVersion": "v1", "kind": "Node"}
+             for n in k8s.core.list_node().items if n.metadata.name in nodes]
+    items += [{**api.sanitize_for_serialization(p), "apiVersion": "v1", "kind": "Pod"}
+              for p in k8s.core.list_namespaced_pod(k8s.namespace).items]
+    snapshot = tmp_path / "snapshot.yaml"
+    snapshot.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    out = tmp_path / "whatif"
+    assert cli.main(["whatif", "--snapshot", str(snapshot), "--policies", "binpack,spread,best-fit,fgd,fgd-lookahead",
+                     "--out", str(out), "--anonymize", str(tmp_path / "shared.yaml")]) == 0
+    table = {row["policy"]: row for row in csv.DictReader(open(out / "whatif.csv"))}
+    assert all(row["placed"] == str(len(sizes)) and row["pending"] == "0" for row in table.values())
+    assert {row["GPU units allocated %"] for row in table.values()} == {f"{100 * sum(sizes) / 600:.2f}"}
+    # binpack fills GPUs before opening others, spread opens all six
+    assert table["binpack"]["idle GPUs"] != "0/6" and table["spread"]["idle GPUs"] == "0/6"
+    assert k8s.namespace not in (tmp_path / "shared.yaml").read_text()
+    print((out / "report.md").read_text())
