@@ -186,3 +186,57 @@ def test_reserve_arithmetic():
     # 81920 MiB GPU, 512 MiB + 2%: 512 + ceil(81920 * 2 / 100) = 512 + 1639 = 2151
     assert CoreSettings(reserve_mib=512, reserve_percent=2.0).reserve_for(81920) == 2151
     assert CoreSettings(reserve_mib=100_000).reserve_for(16000) == 16000  # never more than the GPU
+
+
+# ---------------------------------------------------------------------------------------------------- pools
+def _affinity(*terms):
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": list(term)} for term in terms]}}}
+
+
+def test_a_pods_pool_comes_from_its_label_node_selector_or_required_affinity_on_the_pool_label():
+    settings = CoreSettings(pool_label="node.kubernetes.io/gpu-pool")
+    key = "node.kubernetes.io/gpu-pool"
+    pod = gpu_pod("p", units=10)
+    assert parse_pod(pod, settings).pool is None
+    pod["metadata"]["labels"] = {key: "batch"}
+    assert parse_pod(pod, settings).pool == "batch"
+    pod = gpu_pod("p", units=10)
+    pod["spec"]["nodeSelector"] = {key: "training", "zone": "a"}
+    assert parse_pod(pod, settings).pool == "training"
+    pod = gpu_pod("p", units=10)
+    one = {"key": key, "operator": "In", "values": ["online"]}
+    pod["spec"]["affinity"] = _affinity([one, {"key": "zone", "operator": "In", "values": ["a", "b"]}], [one])
+    assert parse_pod(pod, settings).pool == "online"
+    # a term that does not restrict the pool lets the pod go anywhere: the affinity names no pool
+    pod["spec"]["affinity"] = _affinity([one], [{"key": "zone", "operator": "Exists"}])
+    assert parse_pod(pod, settings).pool is None
+    # the default key is fracgpu.io/pool: a selector on another key is no pool
+    pod["spec"]["nodeSelector"] = {key: "training"}
+    assert parse_pod(pod, CoreSettings()).pool is None
+
+
+def test_pools_named_twice_differently_or_several_at_once_are_refused_naming_the_fields():
+    settings = CoreSettings(pool_label="karpenter.sh/nodepool")
+    key = "karpenter.sh/nodepool"
+    pod = gpu_pod("p", units=10)
+    pod["metadata"]["labels"] = {key: "a"}
+    pod["spec"]["nodeSelector"] = {key: "b"}
+    with pytest.raises(InvalidRequest, match=r"metadata.labels\[karpenter.sh/nodepool\], "
+                                             r"spec.nodeSelector\[karpenter.sh/nodepool\]: name different pools"):
+        parse_pod(pod, settings)
+    pod["spec"]["nodeSelector"] = {key: "a"}
+    assert parse_pod(pod, settings).pool == "a"  # the same pool twice is one pool
+    pod = gpu_pod("p", units=10)
+    pod["spec"]["affinity"] = _affinity([{"key": key, "operator": "In", "values": ["a", "b"]}])
+    with pytest.raises(InvalidRequest, match="allows pools a, b of karpenter.sh/nodepool; fracgpu places a pod in one"):
+        parse_pod(pod, settings)
+    pod["spec"]["affinity"] = {"nodeAffinity": "not an object"}  # what the API server would refuse: not read
+    assert parse_pod(pod, settings).pool is None
+
+
+def test_the_pool_label_setting_must_be_a_label_key():
+    for bad in ("", "a b", "/pool", "x/" + "n" * 64, 7):
+        with pytest.raises(ValueError, match="pool_label must be a label key"):
+            CoreSettings(pool_label=bad)
+    assert CoreSettings(pool_label="eks.amazonaws.com/nodegroup").pool_label == "eks.amazonaws.com/nodegroup"

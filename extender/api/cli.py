@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reserve-mib", type=int, help="MiB held back on every GPU")
     serve.add_argument("--reserve-percent", type=float, help="%% of each GPU held back")
     serve.add_argument("--pools", action=argparse.BooleanOptionalAction, default=None, help="pool isolation")
+    serve.add_argument("--pool-label",
+                       help="the node label naming pools; a pod's pool is its own label, nodeSelector or required "
+                            "node affinity on it (default fracgpu.io/pool)")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8888)")
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)

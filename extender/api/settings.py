@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..core import CoreSettings
 from ..core.policies import POLICIES
+from ..core.settings import POOL_LABEL
 
 
 SIDE_MAX_CONNECTIONS = 64  # the probe and the admission listener, each (at most max_connections)
@@ -64,6 +65,9 @@ class ExtenderSettings(BaseModel):
     # first given to fracgpu pods, all refused to other pods ("": none, pods run with the node's default runtime)
     runtime_class: str = ""
     fgd_window: int = Field(default=1000, ge=1)  # FGD's target workload: the shapes of the last N GPU pods seen
+    # the label naming pools on nodes (and on pods, or in their nodeSelector or required node affinity): a
+    # cluster's own, e.g. node.kubernetes.io/gpu-pool, karpenter.sh/nodepool, eks.amazonaws.com/nodegroup
+    pool_label: str = POOL_LABEL
 
     @field_validator("policy")
     @classmethod
@@ -108,6 +112,7 @@ class ExtenderSettings(BaseModel):
         return CoreSettings(
             units_per_gpu=self.units_per_gpu, vgpu_resource=self.vgpu_resource, memory_resource=self.memory_resource,
             reserve_mib=self.reserve_mib, reserve_percent=self.reserve_percent, pools_enabled=self.pools,
+            pool_label=self.pool_label,
         )
 
     @property

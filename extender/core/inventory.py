@@ -22,7 +22,6 @@ from .settings import (
     GFD_MEMORY_LABEL,
     GFD_PRODUCT_LABEL,
     GPUS_ANNOTATION,
-    POOL_LABEL,
     CoreSettings,
 )
 
@@ -139,7 +138,7 @@ def parse_node(node: Mapping, settings: CoreSettings) -> NodeInventory | None:
     annotations = metadata.get("annotations") or {}
     if not isinstance(labels, Mapping) or not isinstance(annotations, Mapping):
         raise CorruptAnnotation(GPUS_ANNOTATION, owner, "metadata.labels and metadata.annotations must be objects")
-    pool = labels.get(POOL_LABEL) or None if settings.pools_enabled else None
+    pool = labels.get(settings.pool_label) or None if settings.pools_enabled else None
     raw = annotations.get(GPUS_ANNOTATION)
     if raw is not None:
         return _from_annotation(name, pool, raw, settings)

@@ -28,7 +28,6 @@ from .settings import (
     GPU_COUNT_ANNOTATION,
     GPU_MODEL_ANNOTATION,
     POLICY_ANNOTATION,
-    POOL_LABEL,
     SHARING_ANNOTATION,
     SHARING_MODES,
     TIME_SLICING,
@@ -167,9 +166,7 @@ def parse_pod(pod: Mapping, settings: CoreSettings) -> PodRequest:
     if len(containers) > MAX_GPU_CONTAINERS_PER_POD:
         raise InvalidRequest("spec", f"{len(containers)} containers ask for {settings.vgpu_resource}; at most "
                              f"{MAX_GPU_CONTAINERS_PER_POD} containers of a pod may", pod=who)
-    pool = None
-    if settings.pools_enabled:
-        pool = _string(labels.get(POOL_LABEL), f"metadata.labels[{POOL_LABEL}]", who) or None
+    pool = _pool(labels, spec, settings.pool_label, who) if settings.pools_enabled else None
     policy = _string(annotations.get(POLICY_ANNOTATION), f"metadata.annotations[{POLICY_ANNOTATION}]", who) or None
     if count is not None and not containers:
         raise InvalidRequest(f"metadata.annotations[{GPU_COUNT_ANNOTATION}]",
@@ -290,3 +287,47 @@ def _string(value: object, field: str, who: str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise InvalidRequest(field, f"must be a string, got {type(value).__name__}", pod=who)
+
+
+def _pool(labels: Mapping, spec: Mapping, key: str, who: str | None) -> str | None:
+    """The pod's pool: its own label ``key``, its ``nodeSelector`` on ``key``, or its required node affinity on
+    ``key`` (operator In, one value, in every term), so manifests that already choose their node pool this way
+    work unchanged. Two sources that disagree, or an affinity that allows several pools, are refused."""
+    found: dict[str, str] = {}
+    label = _string(labels.get(key), f"metadata.labels[{key}]", who)
+    if label:
+        found[f"metadata.labels[{key}]"] = label
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, Mapping) and selector.get(key):
+        found[f"spec.nodeSelector[{key}]"] = _string(selector[key], f"spec.nodeSelector[{key}]", who)
+    allowed = _affinity_values(spec, key)
+    where = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    if len(allowed) > 1:
+        raise InvalidRequest(where, f"allows pools {', '.join(sorted(allowed))} of {key}; fracgpu places a pod in "
+                                    f"one pool: name one value", pod=who)
+    if allowed:
+        found[where] = next(iter(allowed))
+    if len(set(found.values())) > 1:
+        raise InvalidRequest(", ".join(found), f"name different pools ({', '.join(found.values())})", pod=who)
+    return next(iter(found.values()), None)
+
+
+def _affinity_values(spec: Mapping, key: str) -> set[str]:
+    """The values of ``key`` that the pod's required node affinity allows, when every term restricts ``key`` with
+    operator In (otherwise the affinity does not name the pool: an empty set). Shapes the API server would not
+    accept are not read."""
+    affinity = (spec.get("affinity") or {}) if isinstance(spec.get("affinity"), Mapping) else {}
+    node = affinity.get("nodeAffinity") if isinstance(affinity.get("nodeAffinity"), Mapping) else {}
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution")
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    if not isinstance(terms, list) or not terms:
+        return set()
+    values: set[str] = set()
+    for term in terms:
+        expressions = term.get("matchExpressions") if isinstance(term, Mapping) else None
+        named = [e for e in expressions or [] if isinstance(e, Mapping) and e.get("key") == key
+                 and e.get("operator") == "In" and isinstance(e.get("values"), list)] if isinstance(expressions, list) else []
+        if not named:
+            return set()  # a term that does not restrict the pool: the pod may go to any
+        values.update(str(v) for e in named for v in e["values"])
+    return values

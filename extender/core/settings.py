@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Annotation and label keys are part of fracgpu's protocol with agents, device plugins and users: fixed.
@@ -22,6 +23,10 @@ GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
+# a Kubernetes label key: an optional DNS-subdomain prefix and '/', then a name of up to 63 characters
+_LABEL_KEY = re.compile(r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
     """How requests are read and how much of each GPU may be handed out.
@@ -37,6 +42,8 @@ class CoreSettings:
     reserve_mib: int = 0
     reserve_percent: float = 0.0
     pools_enabled: bool = True
+    # the label naming a node's pool (and a pod's, with its nodeSelector or required node affinity on it)
+    pool_label: str = POOL_LABEL
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +57,8 @@ class CoreSettings:
             value = getattr(self, field)
             if not isinstance(value, str) or not value or "/" not in value:
                 problems.append(f"{field} must be an extended resource name like 'example.com/name', got {value!r}")
+        if not isinstance(self.pool_label, str) or not _LABEL_KEY.fullmatch(self.pool_label):
+            problems.append(f"pool_label must be a label key like 'example.com/pool', got {self.pool_label!r}")
         if self.vgpu_resource == self.memory_resource:
             problems.append("vgpu_resource and memory_resource must differ")
         if problems:

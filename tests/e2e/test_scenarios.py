@@ -14,6 +14,7 @@ import time
 from kubernetes import client, utils
 import yaml
 
+from extender.testing.factories import gpu_pod
 from simulator import cli
 from testbed.controlplane import DEPLOY
 from tests.e2e.conftest import extender_log
@@ -263,3 +264,46 @@ def test_whatif_on_a_snapshot_of_this_cluster(k8s, tmp_path, capsys):
     assert table["binpack"]["idle GPUs"] != "0/6" and table["spread"]["idle GPUs"] == "0/6"
     assert k8s.namespace not in (tmp_path / "shared.yaml").read_text()
     print((out / "report.md").read_text())
+
+
+def test_the_clusters_own_pool_label_and_its_pods_node_selectors_and_affinity(k8s, control_plane):
+    # The seeds' three-pool layout: node.kubernetes.io/gpu-pool with a matching NoSchedule taint on every node;
+    # pods choose their pool as their manifests already do, with a nodeSelector or a required node affinity.
+    key = "node.kubernetes.io/gpu-pool"
+    control_plane.stop_extender(signal.SIGTERM)
+    control_plane.start_extender("--policy", "binpack", "--pool-label", key)
+    try:
+        nodes = {}
+        for pool in ("online-inference", "batch", "training"):
+            nodes[pool] = k8s.node(pool[:5], gpus=2, labels={key: pool})
+            k8s.core.patch_node(nodes[pool], {"spec": {"taints": [{"key": key, "value": pool, "effect": "NoSchedule"}]}})
+
+        def pod(name, *, selector=None, affinity=None, tolerate=None):
+            body = gpu_pod(name, namespace=k8s.namespace, units=30, memory_mib=1000)
+            del body["metadata"]["uid"]
+            body["spec"].update(schedulerName="fracgpu-scheduler", terminationGracePeriodSeconds=0,
+                                tolerations=[{"key": key, "operator": "Exists"}] if tolerate else
+                                [{"key": key, "value": p, "effect": "NoSchedule"} for p in nodes])
+            if selector:
+                body["spec"]["nodeSelector"] = {key: selector}
+            if affinity:
+                body["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": key, "operator": "In", "values": [affinity]}]}]}}}
+            k8s.core.create_namespaced_pod(k8s.namespace, body)
+
+        pod("serve", selector="online-inference")
+        pod("etl", selector="batch")
+        pod("train", affinity="training")
+        assert k8s.bound("serve")[0] == nodes["online-inference"]
+        assert k8s.bound("etl")[0] == nodes["batch"]
+        assert k8s.bound("train")[0] == nodes["training"]
+        # the GPU a pod holds is its pool's: the extender read the pod's pool from its nodeSelector and affinity
+        assert [g["pool"] for g in k8s.inspect()["nodes"][nodes["batch"]]] == ["batch", None]
+        assert [g["pool"] for g in k8s.inspect()["nodes"][nodes["training"]]] == ["training", None]
+        # and the nodes' pools from the cluster's label: a pod that names none fits none of them
+        pod("nowhere", tolerate=True)
+        message = k8s.failed("nowhere")
+        assert "pool" in message, message
+    finally:
+        control_plane.stop_extender(signal.SIGTERM)
+        control_plane.start_extender("--policy", "binpack")
