@@ -140,6 +140,14 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_rows(path: Path, rows: Sequence[dict]) -> None:
+    """A table (dicts with the same keys, in order) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     headers = list(rows[0])
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -179,14 +179,11 @@ def format_replay(results: Sequence[ReplayResult]) -> str:
 
 
 def write_replay(results: Sequence[ReplayResult], out: Path, *, plots: bool = True) -> None:
-    from .compare import markdown_table
+    from .compare import markdown_table, write_rows
 
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
-    with open(out / "replay.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_rows(out / "replay.csv", table)
     with open(out / "timeline.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["policy", "time_s", "allocated_pct", "pending"])

@@ -32,7 +32,7 @@ from extender.core.resources import PodRequest
 from extender.core.settings import GPU_COUNT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
 from extender.core.workload import pod_shape, target_workload
 
-from .compare import markdown_table
+from .compare import markdown_table, write_rows
 
 
 @dataclass
@@ -133,10 +133,7 @@ def rows(results: Iterable[WhatIf]) -> list[dict]:
 def write_outputs(snapshot: Snapshot, results: Sequence[WhatIf], source: str, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
-    with open(out / "whatif.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_rows(out / "whatif.csv", table)
     with open(out / "pending.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["policy", "pod", "reason"])
