@@ -111,3 +111,22 @@ def test_corrupt_assignment(raw, message):
     with pytest.raises(CorruptAnnotation) as error:
         from_annotation(raw, pod_uid="u1", namespace="ns", name="p")
     assert message in str(error.value) and "pod ns/p" in str(error.value)
+
+
+def test_a_bound_pod_is_adopted_whatever_the_pool_settings_read_from_it():
+    # The pool is not part of what adoption checks (the assignment keeps the pool it was placed in): a pod bound
+    # before the extender restarted with another --pool-label keeps its GPUs, even if that label now reads as
+    # nonsense on it (a number, which a new pod would be refused for).
+    from extender.core.loading import build_ledger
+    from extender.testing.factories import gpu_pod
+
+    settings = CoreSettings(pool_label="karpenter.sh/nodepool")
+    pod = gpu_pod("p", units=60)
+    pod["metadata"]["labels"] = {"karpenter.sh/nodepool": 5}
+    pod["spec"]["nodeName"] = "n"
+    pod["metadata"]["annotations"]["fracgpu.io/assignment"] = to_annotation(Assignment(
+        pod_uid=pod["metadata"]["uid"], namespace="default", name="p", node="n", pool=None, policy="binpack",
+        containers=(ContainerAssignment(name="main", kind="app", gpus=(GpuShare(0, "GPU-n-0", 60, 49152),)),)))
+    ledger, report = build_ledger(settings, [gpu_node("n", gpus=1)], [pod])
+    assert report.pods == 1 and not report.warnings, report.warnings
+    assert ledger.gpu_table("n")[0]["unitsUsed"] == 60

@@ -216,22 +216,26 @@ def test_a_pods_pool_comes_from_its_label_node_selector_or_required_affinity_on_
     assert parse_pod(pod, CoreSettings()).pool is None
 
 
-def test_pools_named_twice_differently_or_several_at_once_are_refused_naming_the_fields():
+def test_the_pools_label_comes_first_and_an_affinity_names_a_pool_only_when_it_allows_one():
     settings = CoreSettings(pool_label="karpenter.sh/nodepool")
     key = "karpenter.sh/nodepool"
     pod = gpu_pod("p", units=10)
     pod["metadata"]["labels"] = {key: "a"}
     pod["spec"]["nodeSelector"] = {key: "b"}
-    with pytest.raises(InvalidRequest, match=r"metadata.labels\[karpenter.sh/nodepool\], "
-                                             r"spec.nodeSelector\[karpenter.sh/nodepool\]: name different pools"):
-        parse_pod(pod, settings)
-    pod["spec"]["nodeSelector"] = {key: "a"}
-    assert parse_pod(pod, settings).pool == "a"  # the same pool twice is one pool
+    assert parse_pod(pod, settings).pool == "a"  # the pod's own label, then its selector, then its affinity
     pod = gpu_pod("p", units=10)
-    pod["spec"]["affinity"] = _affinity([{"key": key, "operator": "In", "values": ["a", "b"]}])
-    with pytest.raises(InvalidRequest, match="allows pools a, b of karpenter.sh/nodepool; fracgpu places a pod in one"):
-        parse_pod(pod, settings)
-    pod["spec"]["affinity"] = {"nodeAffinity": "not an object"}  # what the API server would refuse: not read
+    both = {"key": key, "operator": "In", "values": ["a", "b"]}
+    pod["spec"]["affinity"] = _affinity([both])
+    assert parse_pod(pod, settings).pool is None  # several pools: none (the pod fits only pool-less nodes)
+    # a term's expressions are ANDed: In [a, b] and In [a] is a; NotIn removes
+    pod["spec"]["affinity"] = _affinity([both, {"key": key, "operator": "In", "values": ["a"]}])
+    assert parse_pod(pod, settings).pool == "a"
+    pod["spec"]["affinity"] = _affinity([both, {"key": key, "operator": "NotIn", "values": ["a"]}])
+    assert parse_pod(pod, settings).pool == "b"
+    # what the API server would refuse is not read, and never fails the pod
+    pod["spec"]["affinity"] = _affinity([{"key": key, "operator": "In", "values": [{"x": 1}]}])
+    assert parse_pod(pod, settings).pool is None
+    pod["spec"]["affinity"] = {"nodeAffinity": "not an object"}
     assert parse_pod(pod, settings).pool is None
 
 

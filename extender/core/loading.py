@@ -9,7 +9,7 @@ problem; one bad object never stops the rest from loading.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 from .assignment import Assignment, from_annotation
@@ -60,7 +60,9 @@ def check_matches_request(assignment: Assignment, pod: Mapping, settings: CoreSe
     write an annotation holding every GPU of a node onto a pod that asks for none)."""
     owner = f"pod {assignment.key}"
     try:
-        request = parse_pod(pod, settings)
+        # the pool is not compared (the assignment keeps the one it was placed in), so a pod whose pool the
+        # current settings read differently (another --pool-label) is still adopted
+        request = parse_pod(pod, replace(settings, pools_enabled=False))
     except InvalidRequest as exc:
         raise CorruptAnnotation(ASSIGNMENT_ANNOTATION, owner, f"the pod's own request is invalid: {exc}") from None
     asked = {c.name: c for c in request.containers}

@@ -290,44 +290,43 @@ def _string(value: object, field: str, who: str | None) -> str | None:
 
 
 def _pool(labels: Mapping, spec: Mapping, key: str, who: str | None) -> str | None:
-    """The pod's pool: its own label ``key``, its ``nodeSelector`` on ``key``, or its required node affinity on
-    ``key`` (operator In, one value, in every term), so manifests that already choose their node pool this way
-    work unchanged. Two sources that disagree, or an affinity that allows several pools, are refused."""
-    found: dict[str, str] = {}
+    """The pod's pool: its own label ``key``, else its ``nodeSelector`` on ``key``, else the one value of ``key``
+    its required node affinity allows, so manifests that already choose their node pool this way work unchanged.
+    An affinity that allows several pools names none (the pod then fits only nodes without a pool, and says so)."""
     label = _string(labels.get(key), f"metadata.labels[{key}]", who)
     if label:
-        found[f"metadata.labels[{key}]"] = label
+        return label
     selector = spec.get("nodeSelector")
     if isinstance(selector, Mapping) and selector.get(key):
-        found[f"spec.nodeSelector[{key}]"] = _string(selector[key], f"spec.nodeSelector[{key}]", who)
+        return _string(selector[key], f"spec.nodeSelector[{key}]", who)
     allowed = _affinity_values(spec, key)
-    where = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-    if len(allowed) > 1:
-        raise InvalidRequest(where, f"allows pools {', '.join(sorted(allowed))} of {key}; fracgpu places a pod in "
-                                    f"one pool: name one value", pod=who)
-    if allowed:
-        found[where] = next(iter(allowed))
-    if len(set(found.values())) > 1:
-        raise InvalidRequest(", ".join(found), f"name different pools ({', '.join(found.values())})", pod=who)
-    return next(iter(found.values()), None)
+    return next(iter(allowed)) if len(allowed) == 1 else None
 
 
 def _affinity_values(spec: Mapping, key: str) -> set[str]:
-    """The values of ``key`` that the pod's required node affinity allows, when every term restricts ``key`` with
-    operator In (otherwise the affinity does not name the pool: an empty set). Shapes the API server would not
-    accept are not read."""
-    affinity = (spec.get("affinity") or {}) if isinstance(spec.get("affinity"), Mapping) else {}
+    """The values of ``key`` that the pod's required node affinity allows: terms are ORed, the expressions of a
+    term ANDed (``In`` narrows, ``NotIn`` removes); empty when a term leaves ``key`` open (the pod may then go to
+    any pool) or the affinity is not one the API server would accept."""
+    affinity = spec.get("affinity") if isinstance(spec.get("affinity"), Mapping) else {}
     node = affinity.get("nodeAffinity") if isinstance(affinity.get("nodeAffinity"), Mapping) else {}
     required = node.get("requiredDuringSchedulingIgnoredDuringExecution")
     terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
     if not isinstance(terms, list) or not terms:
         return set()
-    values: set[str] = set()
+    allowed: set[str] = set()
     for term in terms:
         expressions = term.get("matchExpressions") if isinstance(term, Mapping) else None
-        named = [e for e in expressions or [] if isinstance(e, Mapping) and e.get("key") == key
-                 and e.get("operator") == "In" and isinstance(e.get("values"), list)] if isinstance(expressions, list) else []
-        if not named:
-            return set()  # a term that does not restrict the pool: the pod may go to any
-        values.update(str(v) for e in named for v in e["values"])
-    return values
+        values: set[str] | None = None  # None: the term leaves the pool open
+        removed: set[str] = set()
+        for e in expressions if isinstance(expressions, list) else []:
+            if not isinstance(e, Mapping) or e.get("key") != key or not isinstance(e.get("values"), list):
+                continue
+            given = {v for v in e["values"] if isinstance(v, str)}
+            if e.get("operator") == "In":
+                values = given if values is None else values & given
+            elif e.get("operator") == "NotIn":
+                removed |= given
+        if values is None:
+            return set()
+        allowed |= values - removed
+    return allowed

@@ -72,7 +72,7 @@ def test_a_shared_pod_leaves_the_gap_a_common_shape_will_fill():
     assert chosen == {"fgd": 0, "fgd-lookahead": 1}
 
 
-@pytest.mark.parametrize("bad", [{"tau": -1}, {"theta": "x"}, {"lam": float("nan")}])
+@pytest.mark.parametrize("bad", [{"tau": -1}, {"theta": "x"}, {"lam": float("nan")}, {"lam": "inf"}])
 def test_bad_parameters_are_refused_naming_them(bad):
     with pytest.raises(ValueError, match=f"fgd-lookahead: {next(iter(bad))}"):
         make_policy("fgd-lookahead", workload=WORKLOAD, **bad)

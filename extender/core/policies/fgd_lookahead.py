@@ -28,6 +28,7 @@ pods' in the extender.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -126,6 +127,6 @@ def _non_negative(key: str, value: object) -> float:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         number = float("nan")
-    if not number >= 0:
-        raise ValueError(f"fgd-lookahead: {key} must be a number >= 0, not {value!r}")
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"fgd-lookahead: {key} must be a finite number >= 0, not {value!r}")
     return number
