@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the extender's policies, comma-separated")
     whatif.add_argument("--units-per-gpu", type=positive_int, default=100,
                         help="the extender's --units-per-gpu (default 100; --openb: 1000, the trace's milli-GPUs)")
+    whatif.add_argument("--pool-label", default="fracgpu.io/pool", help="the extender's --pool-label")
     whatif.add_argument("--anonymize", type=Path, metavar="FILE",
                         help="also write the snapshot with names replaced and what placement does not read dropped")
     whatif.add_argument("--out", type=Path, default=Path("sim-whatif"))
@@ -161,7 +162,8 @@ def _grid(args) -> int:
 
     traces = find_traces(args.traces, args.data)
     labels = [spec.label for spec in _specs(args.policies)]
-    settings = Settings(nodes=args.nodes, ratio=args.ratio, tie_break=args.tie_break, node_order=args.node_order)
+    nodes = str(Path(args.nodes).resolve()) if args.nodes else None  # absolute: dask workers may run elsewhere
+    settings = Settings(nodes=nodes, ratio=args.ratio, tie_break=args.tie_break, node_order=args.node_order)
     started = time.monotonic()
     cells = run_grid(traces, labels, args.seeds, settings, jobs=args.jobs, scheduler=args.scheduler,
                      progress=not args.quiet)
@@ -182,7 +184,7 @@ def _whatif(args) -> int:
     from .compare import format_table
     from .whatif import anonymize, load_snapshot, openb_snapshot, what_if, write_outputs
 
-    settings = CoreSettings(units_per_gpu=1000 if args.openb else args.units_per_gpu)
+    settings = CoreSettings(units_per_gpu=1000 if args.openb else args.units_per_gpu, pool_label=args.pool_label)
     path = args.snapshot
     if args.openb:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,7 @@ def _whatif(args) -> int:
             from extender.api.static import read_cluster_file
 
             nodes, pods = read_cluster_file(Path(path))
-            args.anonymize.write_text(yaml.safe_dump(anonymize(nodes, pods), sort_keys=False))
+            args.anonymize.write_text(yaml.safe_dump(anonymize(nodes, pods, settings), sort_keys=False))
     except ClusterFileError as error:
         raise ValueError(str(error)) from None
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -63,7 +63,7 @@ def find_traces(names: str, data: str | None) -> list[Trace]:
     """``names``: ``all`` (every ``openb_pod_list_<name>.csv`` in ``data``) or a comma-separated list of trace
     names (``gpushare40`` = ``data/openb_pod_list_gpushare40.csv``) and pod files. ``default`` with no
     ``data`` is the embedded default trace."""
-    folder = Path(data) if data else None
+    folder = Path(data).resolve() if data else None  # absolute paths: a dask worker may run in another folder
     if folder is not None and not folder.is_dir():
         raise TraceError(f"--data {data}: not a folder")
     if names.strip() == "all":
@@ -81,7 +81,7 @@ def find_traces(names: str, data: str | None) -> list[Trace]:
             traces.append(Trace("default", None))
         elif Path(name).is_file():
             match = POD_LIST.fullmatch(Path(name).name)
-            traces.append(Trace(match["name"] if match else Path(name).stem, name))
+            traces.append(Trace(match["name"] if match else Path(name).stem, str(Path(name).resolve())))
         else:
             where = f"openb_pod_list_{name}.csv in {data}" if folder else "a file (give --data for trace names)"
             raise TraceError(f"trace {name!r}: found neither {where} nor a file of that name")

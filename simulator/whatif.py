@@ -7,10 +7,10 @@ its bookkeeping. Per policy: pods placed, pods left pending and why (the schedul
 allocated, the idle GPUs, and the stranded units (free units on GPUs in use that are fewer than the smallest
 per-GPU request among the snapshot's pods: no pod of this cluster could use them).
 
-``anonymize`` rewrites a snapshot so that it can be shared: node, namespace, pod and container names become
-``node-1``, ``ns-1``, ``pod-1``, ``c-1``, GPU UUIDs ``GPU-node-1-0``, and everything placement does not read (labels
-and annotations but fracgpu's, the GPU labels and the pool label; images, commands, env, volumes, status but the
-allocatable resources) is dropped.
+``anonymize`` rewrites a snapshot so that it can be shared: node, namespace, pod, container and pool names become
+``node-1``, ``ns-1``, ``pod-001``, ``c-1``, ``pool-1``, GPU UUIDs ``GPU-node-1-0``, creation times a sequence in
+the same order, and everything placement does not read is dropped (other labels and annotations, taints, images,
+commands, env, volumes, other resources, other fields of the GPU inventory).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from datetime import datetime, timedelta, timezone
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,14 @@ from extender.core.errors import InvalidRequest
 from extender.core.loading import build_ledger
 from extender.core.policies import make_policy
 from extender.core.resources import PodRequest
-from extender.core.settings import GPU_COUNT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
+from extender.core.settings import (
+    GPU_COUNT_ANNOTATION,
+    GPU_MODEL_ANNOTATION,
+    GPUS_ANNOTATION,
+    POLICY_ANNOTATION,
+    POOL_LABEL,
+    SHARING_ANNOTATION,
+)
 from extender.core.workload import pod_shape, target_workload
 
 from .compare import markdown_table, write_rows
@@ -158,72 +166,96 @@ def write_outputs(snapshot: Snapshot, results: Sequence[WhatIf], source: str, ou
 
 
 # ---------------------------------------------------------------------------------------------------- anonymize
-_KEPT_LABEL_PREFIXES = ("nvidia.com/", "fracgpu.io/", POOL_LABEL)
+_GPU_FIELDS = ("index", "uuid", "model", "memoryMiB", "usedMemoryMiB", "healthy", "mig", "numaNode")
+_POD_ANNOTATIONS = (GPU_COUNT_ANNOTATION, GPU_MODEL_ANNOTATION, POLICY_ANNOTATION, SHARING_ANNOTATION)
 
 
-def anonymize(nodes: list[dict], pods: list[dict]) -> dict:
-    """A ``v1`` List of the nodes and pods with names replaced and what placement does not read dropped."""
+def anonymize(nodes: list[dict], pods: list[dict], settings: CoreSettings) -> dict:
+    """A ``v1`` List of the nodes and pods with every name replaced (nodes, namespaces, pods, containers, pools,
+    GPU UUIDs), creation times replaced by a sequence in the same order, and only what placement reads kept."""
+    key = settings.pool_label
     node_alias = {n["metadata"]["name"]: f"node-{i}" for i, n in enumerate(nodes, 1)}
-    namespaces: dict[str, str] = {}
+    pools: dict[str, str] = {}
+
+    def pool(value: object) -> str:
+        return pools.setdefault(str(value), f"pool-{len(pools) + 1}")
+
     items = []
     for node in nodes:
         metadata = node.get("metadata") or {}
         alias = node_alias[metadata["name"]]
-        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith("fracgpu.io/")}
-        if GPUS_ANNOTATION in annotations:
-            annotations[GPUS_ANNOTATION] = _rename_uuids(annotations[GPUS_ANNOTATION], alias)
-        items.append({"apiVersion": "v1", "kind": "Node", "metadata": {
-            "name": alias, "labels": _kept(metadata.get("labels")), "annotations": annotations},
-            "spec": {"taints": (node.get("spec") or {}).get("taints") or []},
-            "status": {k: v for k, v in (node.get("status") or {}).items() if k in ("capacity", "allocatable")}})
-    for index, pod in enumerate(pods, 1):
+        labels = {k: v for k, v in (metadata.get("labels") or {}).items() if k.startswith(("nvidia.com/", "fracgpu.io/"))}
+        labels.pop(POOL_LABEL, None)
+        if (metadata.get("labels") or {}).get(key):
+            labels[key] = pool(metadata["labels"][key])
+        annotations = {}
+        if GPUS_ANNOTATION in (metadata.get("annotations") or {}):
+            annotations[GPUS_ANNOTATION] = _gpus(metadata["annotations"][GPUS_ANNOTATION], alias)
+        resources = {k: v for k, v in ((node.get("status") or {}).get("allocatable") or {}).items()
+                     if k in (settings.vgpu_resource, settings.memory_resource)}
+        items.append({"apiVersion": "v1", "kind": "Node", "metadata": {"name": alias, "labels": labels,
+                      "annotations": annotations}, "status": {"capacity": resources, "allocatable": resources}})
+    ordered = sorted(pods, key=lambda p: (str((p.get("metadata") or {}).get("creationTimestamp") or ""),
+                                          (p.get("metadata") or {}).get("namespace") or "default",
+                                          str((p.get("metadata") or {}).get("name"))))
+    namespaces: dict[str, str] = {}
+    width = len(str(len(ordered)))
+    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    for index, pod in enumerate(ordered, 1):
         metadata = pod.get("metadata") or {}
         namespace = namespaces.setdefault(metadata.get("namespace") or "default", f"ns-{len(namespaces) + 1}")
         spec = pod.get("spec") or {}
-        containers: dict[str, str] = {}
-        new_spec = {key: [_container(c, containers) for c in spec.get(key) or []]
-                    for key in ("initContainers", "containers") if spec.get(key)}
+        names: dict[str, str] = {}
+        new_spec: dict = {key_: [_container(c, names, settings) for c in spec.get(key_) or []]
+                          for key_ in ("initContainers", "containers") if spec.get(key_)}
         if spec.get("schedulerName"):
             new_spec["schedulerName"] = spec["schedulerName"]
-        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
-                       if k.startswith("fracgpu.io/") and k != "fracgpu.io/assignment"}
+        try:
+            chosen = parse_pod(pod, settings).pool
+        except InvalidRequest:
+            chosen = None
+        if chosen:  # the pod's pool however it named it, as the one form placement reads plainly
+            new_spec["nodeSelector"] = {key: pool(chosen)}
+        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k in _POD_ANNOTATIONS}
         items.append({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": f"pod-{index}", "namespace": namespace, "uid": f"uid-{index}",
-            "creationTimestamp": metadata.get("creationTimestamp"), "labels": _kept(metadata.get("labels")),
-            "annotations": annotations},
-            "spec": new_spec})
+            "name": f"pod-{index:0{width}d}", "namespace": namespace, "uid": f"uid-{index}",
+            "creationTimestamp": (start + timedelta(seconds=index)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "annotations": annotations}, "spec": new_spec})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-def _kept(labels: object) -> dict:
-    return {k: v for k, v in (labels or {}).items() if k.startswith(_KEPT_LABEL_PREFIXES)} if isinstance(labels, dict) else {}
-
-
-def _container(container: dict, names: dict[str, str]) -> dict:
+def _container(container: dict, names: dict[str, str], settings: CoreSettings) -> dict:
     alias = names.setdefault(str(container.get("name")), f"c-{len(names) + 1}")
-    out = {"name": alias, "resources": container.get("resources") or {}}
+    kept = (settings.vgpu_resource, settings.memory_resource, "cpu", "memory")
+    resources = {part: {k: v for k, v in values.items() if k in kept}
+                 for part, values in (container.get("resources") or {}).items()
+                 if part in ("requests", "limits") and isinstance(values, dict)}
+    out = {"name": alias, "resources": resources}
     if "restartPolicy" in container:  # a sidecar (an init container that keeps running)
         out["restartPolicy"] = container["restartPolicy"]
     return out
 
 
-def _rename_uuids(raw: str, alias: str) -> str:
+def _gpus(raw: str, alias: str) -> str:
+    """The inventory annotation with only the fields placement reads, and UUIDs named after the node's alias."""
     try:
         data = json.loads(raw)
     except (TypeError, ValueError):
         return raw  # not ours to repair: placement will report it
-    for gpu in data.get("gpus") or [] if isinstance(data, dict) else []:
-        if isinstance(gpu, dict) and "uuid" in gpu:
-            gpu["uuid"] = f"GPU-{alias}-{gpu.get('index', '')}"
-    return json.dumps(data, separators=(",", ":"))
+    if not isinstance(data, dict):
+        return raw
+    gpus = [{k: g[k] for k in _GPU_FIELDS if k in g} | {"uuid": f"GPU-{alias}-{g.get('index', '')}"}
+            for g in data.get("gpus") or [] if isinstance(g, dict)]
+    return json.dumps({**{k: v for k, v in data.items() if k in ("version", "unitsPerGpu", "links")}, "gpus": gpus},
+                      separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------------------------------------- openb
 def openb_snapshot(pods: int, settings: CoreSettings) -> dict:
     """A snapshot built from the embedded openb trace: its 1213 GPU nodes, and its first ``pods`` GPU pods by
     creation time as fracgpu pods (``gpu_milli`` as units of ``settings.units_per_gpu``; several whole GPUs with
-    the GPU-count annotation). Past the trace's 7,064 GPU pods (92% of the GPUs), it starts again from the first,
-    as copies created later."""
+    the GPU-count annotation). Past the trace's 7,064 GPU pods (98% of the GPUs' units), it starts again from the
+    first, as copies created later."""
     from .trace import load_openb_nodes, load_openb_pods, node_objects
 
     snapshot = node_objects(load_openb_nodes())
@@ -234,7 +266,7 @@ def openb_snapshot(pods: int, settings: CoreSettings) -> dict:
               if i >= len(trace) else trace[i] for i in range(pods)]
     for p in chosen:
         annotations = {GPU_COUNT_ANNOTATION: str(p.gpu_count)} if p.gpu_count > 1 else {}
-        units = p.gpu_milli * settings.units_per_gpu // 1000 or 1
+        units = p.gpu_count * p.gpu_milli * settings.units_per_gpu // 1000 or 1  # the pod's total
         snapshot["items"].append({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": p.name, "namespace": "openb", "uid": f"uid-{p.name}", "annotations": annotations,
             "creationTimestamp": f"{p.arrival or 0:012.0f}"},

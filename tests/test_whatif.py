@@ -52,7 +52,8 @@ def test_gpu_pods_are_placed_again_in_creation_order_per_policy(tmp_path):
 def test_an_anonymised_snapshot_hides_names_and_places_alike(tmp_path):
     path = snapshot_file(tmp_path)
     data = yaml.safe_load(path.read_text())
-    shared = anonymize([i for i in data["items"] if i["kind"] == "Node"], [i for i in data["items"] if i["kind"] == "Pod"])
+    shared = anonymize([i for i in data["items"] if i["kind"] == "Node"], [i for i in data["items"] if i["kind"] == "Pod"],
+                       S)
     text = yaml.safe_dump(shared)
     for secret in ("n1", "n2", "prod", "secret-team", "registry.internal", "GPU-n1-0", "assignment-xyz"):
         assert secret not in text, secret
@@ -64,7 +65,8 @@ def test_an_anonymised_snapshot_hides_names_and_places_alike(tmp_path):
     anonymous = what_if(load_snapshot(copy, S), ["binpack", "fgd-lookahead"], S)
     assert [(r.placed, r.allocated_pct, r.stranded_pct, dict(r.pending)) for r in original] == \
         [(r.placed, r.allocated_pct, r.stranded_pct, dict(r.pending)) for r in anonymous]
-    assert [pod for pod, _ in anonymous[0].pending_pods] == ["ns-1/pod-3"]  # d, the third pod in the file
+    # d, the fifth by creation (the CPU-only pod has no creation time and comes first)
+    assert [pod for pod, _ in anonymous[0].pending_pods] == ["ns-1/pod-5"]
 
 
 def test_the_command_writes_the_table_and_names_bad_input(tmp_path, capsys):
@@ -90,3 +92,28 @@ def test_a_snapshot_of_the_openb_trace_repeats_it_past_its_end():
     assert stamps == sorted(stamps)  # copies are created after the trace's own pods
     limits = {k for p in pods for c in p["spec"]["containers"] for k in c["resources"]["limits"]}
     assert limits == {"fracgpu.io/vgpu"}
+
+
+def test_anonymised_pools_taints_and_equal_creation_times_place_alike(tmp_path):
+    settings = CoreSettings(pool_label="karpenter.sh/nodepool")
+    key = "karpenter.sh/nodepool"
+    nodes = [gpu_node("n1", gpus=1), gpu_node("n2", gpus=1)]
+    nodes[0]["metadata"]["labels"][key] = "acme-fraud"
+    nodes[0]["spec"] = {"taints": [{"key": "dedicated", "value": "acme-team", "effect": "NoSchedule"}]}
+    pods = []
+    for i in range(12):  # created in the same second: the order between them is the names'
+        pod = gpu_pod(f"job-{i}", units=30, namespace="acme")
+        pod["metadata"]["creationTimestamp"] = "2026-12-07T10:00:00Z"
+        if i % 2:
+            pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": key, "operator": "In", "values": ["acme-fraud"]}]}]}}}
+        pods.append(pod)
+    original = tmp_path / "original.yaml"
+    original.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes + pods}))
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(yaml.safe_dump(anonymize(nodes, pods, settings)))
+    assert "acme" not in shared.read_text() and "2026" not in shared.read_text()
+    before = what_if(load_snapshot(original, settings), ["binpack", "spread"], settings)
+    after = what_if(load_snapshot(shared, settings), ["binpack", "spread"], settings)
+    assert [(r.placed, dict(r.pending)) for r in before] == [(r.placed, dict(r.pending)) for r in after]
+    assert before[0].placed == 6  # three pool pods on n1, three pool-less ones on n2; the rest wait
