@@ -307,3 +307,35 @@ def test_the_clusters_own_pool_label_and_its_pods_node_selectors_and_affinity(k8
     finally:
         control_plane.stop_extender(signal.SIGTERM)
         control_plane.start_extender("--policy", "binpack")
+
+
+def test_kubectl_fracgpu_shows_who_holds_each_gpu_and_why_a_pod_waits(k8s, control_plane, capsys):
+    from extender.kube import kubectl
+
+    nodes = [k8s.node("k0", gpus=2, pool=None), k8s.node("k1", gpus=1)]
+    for name, units in (("serve", 60), ("etl", 30), ("train", 100)):
+        k8s.pod(name, units=units, memory_mib=2000)
+        k8s.bound(name)
+    k8s.pod("big", units=100, memory_mib=90_000)  # more memory than any GPU here has
+    waiting = k8s.failed("big")
+    admin = str(control_plane.kubeconfig("admin"))
+    capsys.readouterr()
+    assert kubectl.main(["--kubeconfig", admin, "-o", "json", "nodes"]) == 0
+    listed = {entry["node"]: entry for entry in json.loads(capsys.readouterr().out) if entry["node"] in nodes}
+    inspect = k8s.inspect()["nodes"]
+    for node in nodes:  # the same picture as the extender's own ledger
+        assert [(g["unitsUsed"], g["memoryChargedMiB"], g["pods"]) for g in listed[node]["gpus"]] == \
+            [(g["unitsUsed"], g["memoryChargedMiB"], g["pods"]) for g in inspect[node]]
+    assert sum(g["unitsUsed"] for n in nodes for g in listed[n]["gpus"]) == 190
+    assert kubectl.main(["--kubeconfig", admin, "nodes"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:4] == ["NODE", "POOL", "GPU", "MODEL"]
+    with capsys.disabled():  # the README shows this table
+        print("\n".join(line for line in table.splitlines() if line.startswith("NODE") or line.split()[0] in nodes))
+    assert kubectl.main(["--kubeconfig", admin, "pod", f"{k8s.namespace}/serve"]) == 0
+    shown = capsys.readouterr().out
+    assert f"{k8s.namespace}/serve on " in shown and "60 units" in shown
+    assert kubectl.main(["--kubeconfig", admin, "pod", f"{k8s.namespace}/big"]) == 0
+    assert waiting in capsys.readouterr().out
+    assert kubectl.main(["--kubeconfig", admin, "pod", "no-slash"]) == 2
+    assert "expected NAMESPACE/NAME" in capsys.readouterr().err
