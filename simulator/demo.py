@@ -7,6 +7,7 @@ print the per-GPU table of one policy with the reasons the pods that did not fit
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from extender.core import CoreSettings, Ledger, evaluate, make_policy, parse_pod
 from extender.core.loading import build_ledger
@@ -20,7 +21,8 @@ from .synthetic import synthetic_cluster, synthetic_workload
 
 def place_all(settings: CoreSettings, nodes: list[dict], requests: list[PodRequest], policy: Policy):
     """Schedule each pod once, in order, on the best node: what kube-scheduler does with the extender. Returns
-    the ledger and, per pod left pending, why it did not fit when it was tried."""
+    the ledger and, per pod left pending, why it did not fit when it was tried (each reason once, the one the
+    most nodes gave first)."""
     ledger, _ = build_ledger(settings, nodes, [])
     names = ledger.node_names()
     pending = []
@@ -28,7 +30,8 @@ def place_all(settings: CoreSettings, nodes: list[dict], requests: list[PodReque
         evaluation = evaluate(ledger, request, names, policy)
         best = evaluation.best()
         if best is None:
-            pending.append((request, sorted(set(evaluation.failed.values()) | set(evaluation.unresolvable.values()))))
+            reasons = Counter([*evaluation.failed.values(), *evaluation.unresolvable.values()])
+            pending.append((request, [reason for reason, _ in reasons.most_common()]))  # commonest first
             continue
         ledger.reserve(evaluation.placement(best).assignment(request, policy.name))
         ledger.commit(request.uid)

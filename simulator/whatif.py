@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from extender.api.static import read_cluster_file
-from extender.core import CoreSettings, evaluate, parse_pod
+from extender.core import CoreSettings, parse_pod
 from extender.core.errors import InvalidRequest
 from extender.core.loading import build_ledger
 from extender.core.policies import make_policy
@@ -41,6 +41,7 @@ from extender.core.settings import (
 from extender.core.workload import pod_shape, target_workload
 
 from .compare import markdown_table, write_rows
+from .demo import place_all
 
 
 @dataclass
@@ -101,17 +102,9 @@ def what_if(snapshot: Snapshot, policies: Sequence[str], settings: CoreSettings)
     results = []
     for name in policies:
         policy = make_policy(name, workload=workload) if workload else make_policy(name)
-        ledger, _ = build_ledger(settings, snapshot.nodes, [])
+        ledger, waiting = place_all(settings, snapshot.nodes, snapshot.pods, policy)
         nodes = ledger.node_names()
-        pending: list[tuple[str, str]] = []
-        for request in snapshot.pods:
-            evaluation = evaluate(ledger, request, nodes, policy)
-            best = evaluation.best()
-            if best is None:
-                pending.append((f"{request.namespace}/{request.name}", _reason(evaluation)))
-                continue
-            ledger.reserve(evaluation.placement(best).assignment(request, policy.name))
-            ledger.commit(request.uid)
+        pending = [(f"{r.namespace}/{r.name}", reasons[0] if reasons else "no GPU node") for r, reasons in waiting]
         gpus = [g for node in nodes for g in ledger.gpu_table(node) if g["unitsOffered"] > 0]
         offered = sum(g["unitsOffered"] for g in gpus) or 1
         stranded = sum(free for g in gpus if g["unitsUsed"] and 0 < (free := g["unitsOffered"] - g["unitsUsed"]) < smallest)
@@ -121,12 +114,6 @@ def what_if(snapshot: Snapshot, policies: Sequence[str], settings: CoreSettings)
             idle_gpus=sum(1 for g in gpus if g["unitsUsed"] == 0), gpus=len(gpus),
             stranded_pct=100.0 * stranded / offered, pending_pods=pending))
     return results
-
-
-def _reason(evaluation) -> str:
-    """The commonest reason among the nodes that did not fit, as the scheduler's message counts them."""
-    reasons = Counter([*evaluation.failed.values(), *evaluation.unresolvable.values()])
-    return reasons.most_common(1)[0][0] if reasons else "no GPU node"
 
 
 def rows(results: Iterable[WhatIf]) -> list[dict]:

@@ -56,8 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+_SERIALIZER = client.ApiClient()  # turns the client's objects back into the API's JSON (no connection of its own)
+
+
 def _plain(api_object) -> dict:
-    return client.ApiClient().sanitize_for_serialization(api_object)
+    return _SERIALIZER.sanitize_for_serialization(api_object)
 
 
 def nodes(core: client.CoreV1Api, settings: CoreSettings) -> list[dict]:
