@@ -36,7 +36,7 @@ DEPLOY = ROOT / "deploy"
 NAMESPACE = "fracgpu-system"
 SERVICE_ACCOUNT = "fracgpu-scheduler"
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
-AGENT_USER = f"system:serviceaccount:{NAMESPACE}:fracgpu-agent"
+AGENT_USER = "system:serviceaccount:fracgpu-node:fracgpu-agent"
 TENANT_USER = "e2e-tenant"  # a user the tests grant only namespaced pod permissions
 RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 

@@ -114,11 +114,13 @@ def test_agent_daemonset_is_restricted_and_names_its_node_from_the_downward_api(
 def test_agent_role_is_exactly_what_the_agent_calls():
     role = next(d for d in all_deploy_documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "fracgpu-agent")
     granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
-    # publish.KubeNodeApi: read_node, patch_node, patch_node_status
-    assert granted == {("nodes", "get"), ("nodes", "patch"), ("nodes/status", "patch")}
+    # publish.KubeNodeApi: read_node, patch_node, patch_node_status, list_pod_for_all_namespaces (its node's),
+    # create_namespaced_event
+    assert granted == {("nodes", "get"), ("nodes", "patch"), ("nodes/status", "patch"), ("pods", "list"),
+                       ("events", "create")}
     binding = next(d for d in all_deploy_documents()
                    if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "fracgpu-agent")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-system"}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-node"}]
 
 
 def test_mps_daemonset_serves_exactly_the_nodes_and_paths_admission_sends_mps_pods_to():

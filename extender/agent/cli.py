@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-threshold-mib", type=int, default=defaults.memory_threshold_mib,
                      help="republish used memory when a GPU's moved by this much "
                           f"(default {defaults.memory_threshold_mib})")
+    run.add_argument("--usage-interval", type=float, default=10.0, metavar="SECONDS",
+                     help="how often GPU processes are read and attributed to pods (default 10)")
+    run.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                     help="serve per-GPU and per-pod usage on http://HOST:PORT/metrics (default: not served)")
+    run.add_argument("--proc-root", default="/proc",
+                     help="where the host's processes are seen (default /proc: the pod needs hostPID)")
     run.add_argument("--once", action="store_true", help="publish once and exit (1 if the API call failed)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
