@@ -118,6 +118,11 @@ def test_agent_role_is_exactly_what_the_agent_calls():
     # create_namespaced_event
     assert granted == {("nodes", "get"), ("nodes", "patch"), ("nodes/status", "patch"), ("pods", "list"),
                        ("events", "create")}
+    role = next(d for d in all_deploy_documents() if d["kind"] == "Role" and d["metadata"]["name"] == "fracgpu-agent")
+    # monitor: the usage ConfigMap by server-side apply, in the agent's own namespace
+    assert role["metadata"]["namespace"] == "fracgpu-node"
+    assert {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]} == {
+        ("configmaps", "create"), ("configmaps", "patch")}
     binding = next(d for d in all_deploy_documents()
                    if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "fracgpu-agent")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-node"}]

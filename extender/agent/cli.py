@@ -4,6 +4,7 @@
     fracgpu-agent inventory --print --fake t4x4-two-sockets   # a fixture machine, for demos and tests
     fracgpu-agent run                                 # publish to $NODE_NAME and keep it current (the DaemonSet)
     fracgpu-agent run --node-name gpu-1 --kubeconfig ~/.kube/config --fake h100x8-nvswitch --once
+    fracgpu-agent run --metrics-listen 0.0.0.0:9400   # also per-pod GPU usage on :9400/metrics
     fracgpu-agent mps                                 # the MPS control daemon of an MPS node (deploy/70-mps.yaml)
 """
 
@@ -16,10 +17,14 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+
+from prometheus_client import start_http_server
 
 from .. import logs
 from ..core.settings import CoreSettings
 from .inventory import read_inventory
+from .monitor import MonitorSettings, UsageMonitor
 from .publish import KubeNodeApi, Publisher, PublishSettings, describe_api_error
 
 
@@ -47,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="republish used memory when a GPU's moved by this much "
                           f"(default {defaults.memory_threshold_mib})")
     run.add_argument("--usage-interval", type=float, default=10.0, metavar="SECONDS",
-                     help="how often GPU processes are read and attributed to pods (default 10)")
+                     help="how often GPU processes are read and attributed to pods (default 10; 0: never)")
     run.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
                      help="serve per-GPU and per-pod usage on http://HOST:PORT/metrics (default: not served)")
     run.add_argument("--proc-root", default="/proc",
@@ -136,10 +141,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"fracgpu-agent: {exc}", file=sys.stderr)
         return 1
     publisher = Publisher(nvml, api, args.node_name, settings, describe=describe_api_error)
+    monitor = None
+    if args.usage_interval > 0:
+        monitor = UsageMonitor(nvml, api, args.node_name, MonitorSettings(
+            namespace=os.environ.get("POD_NAMESPACE", MonitorSettings.namespace), proc_root=Path(args.proc_root),
+            interval_s=args.usage_interval, relist_s=args.usage_interval,
+            memory_threshold_mib=args.memory_threshold_mib))
     try:
         if args.once:
             try:
                 publisher.sync()
+                if monitor is not None:
+                    monitor.observe()
             except Exception as exc:
                 print(f"fracgpu-agent: cannot publish to node {args.node_name}: {describe_api_error(exc)}",
                       file=sys.stderr)
@@ -148,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        if monitor is not None:
+            if args.metrics_listen:
+                host, _, port = args.metrics_listen.rpartition(":")
+                start_http_server(int(port), addr=host or "0.0.0.0", registry=monitor.registry)
+            threading.Thread(target=monitor.run, args=(stop,), name="usage", daemon=True).start()
         publisher.run(stop)
         logging.getLogger("fracgpu.agent").info("stopped after %d patches", publisher.patches)
         return 0

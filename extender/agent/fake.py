@@ -8,11 +8,15 @@ handling is exercised against the real exception hierarchy. A fixture (``fixture
                "busId": "00000000:18:00.0", "numa": 0, "socket": 0, "hostBridge": 0, "switch": 0,
                "mig": false, "eccUncorrected": 0, "retiredPagesPending": false, "computeMode": 0,
                "nvlinks": [{"to": "switch" or "00000000:2A:00.0", "links": 18}, ...],
+               "processes": [{"pid": 4242, "usedMiB": 2048, "smUtil": 35}, ...],  # compute processes
+               "mpsProcesses": [...],                      # MPS clients, the same way
                "fail": {"uuid": "NotSupported", ...},      # a call answered with that NVMLError_*
                "lost": false}]}                           # every call: NVMLError_GpuIsLost
 
 Failable calls, by key: ``handle``, ``uuid``, ``name``, ``memory``, ``mig``, ``numa``, ``ecc``, ``retired``,
-``pci``, ``nvlink``, ``topology``, ``compute`` (get and set the compute mode).
+``pci``, ``nvlink``, ``topology``, ``compute`` (get and set the compute mode), ``processes``, ``mps``,
+``utilization``. A process without ``usedMiB`` has its memory unknown (NVML's None); one with ``smUtil`` gives a
+utilisation sample stamped with the fake's ``clock`` (1 at first; a test moves it on to make new samples).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class FakeNvml:
         self.machine = machine
         self.gpus = machine.get("gpus", [])
         self.initialised = False
+        self.clock = 1  # the timestamp of the utilisation samples
         for name in dir(pynvml):  # constants and NVMLError classes, as the real module has them
             if name.startswith(("NVML_", "NVMLError")):
                 setattr(self, name, getattr(pynvml, name))
@@ -124,7 +129,28 @@ class FakeNvml:
             return pynvml.NVML_TOPOLOGY_HOSTBRIDGE
         return pynvml.NVML_TOPOLOGY_SINGLE
 
+    def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list:
+        return self._processes(self._gpu(h, "processes").get("processes", []))
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, h: int) -> list:
+        return self._processes(self._gpu(h, "mps").get("mpsProcesses", []))
+
+    def nvmlDeviceGetProcessUtilization(self, h: int, last_seen: int) -> list:
+        gpu = self._gpu(h, "utilization")
+        samples = [SimpleNamespace(pid=p["pid"], timeStamp=self.clock, smUtil=p["smUtil"], memUtil=0, encUtil=0,
+                                   decUtil=0)
+                   for p in gpu.get("processes", []) + gpu.get("mpsProcesses", []) if "smUtil" in p]
+        samples = [s for s in samples if s.timeStamp > last_seen]
+        if not samples:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return samples
+
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _processes(entries: list[dict]) -> list:
+        return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p["usedMiB"] * MIB if "usedMiB" in p else None,
+                                gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF) for p in entries]
+
     def _ready(self) -> None:
         if not self.initialised:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)

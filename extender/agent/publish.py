@@ -165,7 +165,7 @@ class Publisher:
 
 
 class KubeNodeApi:
-    """:class:`NodeApi` through the official client, with a timeout on every call so SIGTERM is never stuck."""
+    """:class:`NodeApi` and :class:`.monitor.UsageApi` through the official client, with a timeout on every call so SIGTERM is never stuck."""
 
     def __init__(self, core: Any, timeout_s: float = 15.0) -> None:
         self.core = core
@@ -192,6 +192,20 @@ class KubeNodeApi:
     def patch_status(self, name: str, body: dict) -> None:
         self.core.patch_node_status(name, body, _content_type="application/merge-patch+json",
                                     _preload_content=False, _request_timeout=self.timeout)
+
+    # the usage monitor's calls (monitor.UsageApi)
+    def list_pods(self, node: str) -> list[dict]:
+        response = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                         _preload_content=False, _request_timeout=self.timeout)
+        return json.loads(response.data).get("items") or []
+
+    def create_event(self, namespace: str, body: dict) -> None:
+        self.core.create_namespaced_event(namespace, body, _preload_content=False, _request_timeout=self.timeout)
+
+    def apply_configmap(self, namespace: str, body: dict) -> None:
+        self.core.patch_namespaced_config_map(
+            body["metadata"]["name"], namespace, body, field_manager="fracgpu-agent", force=True,
+            _content_type="application/apply-patch+yaml", _preload_content=False, _request_timeout=self.timeout)
 
 
 def describe_api_error(exc: Exception) -> str:
