@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,20 @@ demo: $(STAMP)
 
 # The end-to-end tests need kube-apiserver, kube-scheduler, kubelet and etcd built from pinned upstream sources
 # (Go), built once into .cache/ (about 6 minutes cold, under a second once built), and, for the real node,
-# containerd, runc and busybox-static from Debian's packages (installed once, as root). A failure does not stop
-# make here: the e2e fixtures retry and, under CI=true, fail with the tool's own error.
+# containerd, runc and busybox-static from Debian's packages (installed once, as root); the chart's tests need helm
+# v3, built the same way into .cache/helm/ (about 2 minutes cold). A failure does not stop make here: the
+# fixtures retry and, under CI=true, fail with the tool's own error.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	-$(PY) testbed/build_control_plane.py
+	-$(PY) -m testbed.build_helm
 	-$(PY) -m testbed.node install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# deploy/*.yaml are the Helm chart deploy/helm/fracgpu rendered (its defaults, mps.enabled=true): after changing
+# the chart, regenerate them (tests/test_helm.py fails while they differ).
+deploy: $(STAMP)
+	$(PY) -m testbed.render_deploy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_filter.py
