@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
                      help="the node to publish to (default: $NODE_NAME, from the downward API)")
     run.add_argument("--kubeconfig", help="outside the cluster (default: in-cluster config)")
-    run.add_argument("--fake", metavar="FIXTURE", help="a fixture machine instead of NVML (demos, tests)")
+    run.add_argument("--fake", metavar="FIXTURE", help="a fixture machine instead of NVML (demos, tests): a name in fixtures/ or a .json path")
     run.add_argument("--units-per-gpu", type=int, default=defaults.units_per_gpu)
     run.add_argument("--vgpu-resource", default=defaults.vgpu_resource)
     run.add_argument("--memory-resource", default=defaults.memory_resource)

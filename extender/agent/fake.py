@@ -44,7 +44,9 @@ class FakeNvml:
 
     @classmethod
     def fixture(cls, name: str) -> "FakeNvml":
-        return cls(json.loads((FIXTURES / f"{name}.json").read_text()))
+        """A fixture of ``fixtures/`` by name, or any machine's JSON file by its path (``*.json``)."""
+        path = Path(name) if name.endswith(".json") else FIXTURES / f"{name}.json"
+        return cls(json.loads(path.read_text()))
 
     # ------------------------------------------------------------------ library
     def nvmlInit(self) -> None:

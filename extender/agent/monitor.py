@@ -101,8 +101,8 @@ class UsageMonitor:
         if attribution.unknown and self._may_relist():
             self._list_pods()
             attribution = attribute(reading, cgroups, self._pods)
-        self.gpus, self.last = reading.gpus, attribution
         self._flag(attribution.containers)
+        self.gpus, self.last = reading.gpus, attribution  # on /metrics once its events are recorded
         self._publish(attribution)
         return attribution
 

@@ -2,10 +2,14 @@
 
     kubectl fracgpu nodes [-o json]             per node and GPU: model, units and MiB used/free, pool, holders
     kubectl fracgpu pod NAMESPACE/NAME [-o json]  the pod's GPUs, or why it waits (its last FailedScheduling event)
+    kubectl fracgpu top [-n NAMESPACE] [-o json]  per container and GPU: memory used against its share, SM %,
+                                                 and what the agents flagged (over its share, a GPU not its own)
 
 Installed as ``kubectl-fracgpu``, so kubectl finds it as a plugin. It lists nodes and pods and builds the same
 ledger the extender builds from them (the agent's inventory annotations and the pods' assignments), so it needs
-only ``get``/``list`` on nodes, pods and events, and not the extender's port. The kubeconfig is found as kubectl
+only ``get``/``list`` on nodes, pods and events, and not the extender's port. ``top`` reads the usage the node
+agents publish (ConfigMaps ``fracgpu-usage-<node>`` in their namespace, ``--agent-namespace``): ``list`` on
+ConfigMaps there. The kubeconfig is found as kubectl
 finds it (``--kubeconfig``, then ``$KUBECONFIG``, then ``~/.kube/config``), ``--context`` picks a context. Bad
 arguments and API errors end with one line and exit status 2.
 """
@@ -37,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("nodes", help="per node and GPU: model, units and MiB used/free, pool, holders")
     pod = sub.add_parser("pod", help="a pod's GPUs, or why it waits")
     pod.add_argument("pod", metavar="NAMESPACE/NAME")
+    top = sub.add_parser("top", help="per container and GPU: memory used and its share, SM %%, flags")
+    top.add_argument("-n", "--namespace", help="only this namespace's pods")
+    top.add_argument("--agent-namespace", default="fracgpu-node", help="the agents' namespace (fracgpu-node)")
     args = parser.parse_args(argv)
     try:
         settings = CoreSettings(units_per_gpu=args.units_per_gpu, pool_label=args.pool_label)
@@ -45,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "nodes":
             result = nodes(core, settings)
             print(json.dumps(result, indent=2) if args.output == "json" else nodes_table(result))
+        elif args.command == "top":
+            rows, problems = usage(core, args.agent_namespace, args.namespace)
+            for problem in problems:
+                print(f"kubectl fracgpu: {problem}", file=sys.stderr)
+            print(json.dumps(rows, indent=2) if args.output == "json" else top_table(rows))
         else:
             result = pod_gpus(core, args.pod)
             print(json.dumps(result, indent=2) if args.output == "json" else pod_text(result))
@@ -92,8 +104,53 @@ def nodes_table(entries: list[dict]) -> str:
             rows.append((entry["node"], gpu["pool"] or entry["pool"] or "-", str(gpu["index"]), gpu["model"],
                          f"{gpu['unitsUsed']}/{gpu['unitsFree']}", f"{gpu['memoryChargedMiB']}/{gpu['memoryFreeMiB']}",
                          ", ".join(gpu["pods"]) or "-"))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+_USAGE_FIELDS = {"namespace": str, "pod": str, "container": str, "gpu": int, "uuid": str, "used_mib": (int, type(None)),
+                 "share_mib": (int, type(None)), "sm_percent": (int, type(None)), "processes": int,
+                 "flag": (str, type(None))}
+
+
+def usage(core: client.CoreV1Api, agent_namespace: str, namespace: str | None) -> tuple[list[dict], list[str]]:
+    """Every container's use of every GPU, from the agents' ConfigMaps; one unreadable ConfigMap is skipped (and
+    named), never the others."""
+    from ..agent.monitor import USAGE_COMPONENT, USAGE_KEY
+
+    maps = core.list_namespaced_config_map(
+        agent_namespace, label_selector=f"app.kubernetes.io/component={USAGE_COMPONENT}").items
+    rows, problems = [], []
+    for configmap in maps:
+        try:
+            summary = json.loads((configmap.data or {})[USAGE_KEY])
+            node, read_at = str(summary["node"]), str(summary.get("readAt", ""))
+            for entry in summary["containers"]:
+                if not all(isinstance(entry.get(k), t) for k, t in _USAGE_FIELDS.items()):
+                    raise ValueError(f"an entry lacks one of {', '.join(_USAGE_FIELDS)}")
+                if namespace is None or entry["namespace"] == namespace:
+                    rows.append({"node": node, **{k: entry[k] for k in _USAGE_FIELDS}, "readAt": read_at})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"ConfigMap {agent_namespace}/{configmap.metadata.name} skipped: not the agent's usage "
+                            f"({type(exc).__name__}: {exc})")
+    rows.sort(key=lambda r: (r["namespace"], r["pod"], r["container"], r["node"], r["gpu"]))
+    return rows, problems
+
+
+def top_table(rows: list[dict]) -> str:
+    def mib(value):
+        return "?" if value is None else str(value)
+
+    table = [("NAMESPACE", "POD", "CONTAINER", "NODE", "GPU", "MIB USED/SHARE", "SM %", "FLAG")]
+    for row in rows:
+        table.append((row["namespace"], row["pod"], row["container"], row["node"], str(row["gpu"]),
+                      f"{mib(row['used_mib'])}/{'-' if row['share_mib'] is None else row['share_mib']}",
+                      "-" if row["sm_percent"] is None else str(row["sm_percent"]), row["flag"] or "-"))
+    return _table(table)
 
 
 def pod_gpus(core: client.CoreV1Api, target: str) -> dict:

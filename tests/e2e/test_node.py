@@ -9,6 +9,7 @@ files; the tests compare them with the pod's ``fracgpu.io/assignment``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -212,3 +213,88 @@ def test_a_container_added_to_a_running_gpu_pod_sees_no_gpu(control_plane, k8s, 
     assert report["env"]["NVIDIA_VISIBLE_DEVICES"] == "void" and report["devices"] == {}
     main = k8s.wait(lambda: received(real_node, pod)["main"], "the main container's report")
     assert len(main["devices"]) == 1  # the pod's own container still sees its GPU
+
+
+def test_gpu_usage_is_attributed_to_the_real_containers_and_misuse_is_flagged(control_plane, k8s, real_node,
+                                                                             gpu_namespace, tmp_path, capsys):
+    """The agent's usage loop on this node's real containers: NVML is the fixture machine given processes whose
+    PIDs are those of two running containers (so their /proc/<pid>/cgroup is what kubelet and containerd made),
+    and of this test (a host process). One pod stays within its share; the other holds more than its share and
+    also runs on a GPU it was not assigned: the agent flags it with events, exports it on /metrics, and
+    ``kubectl fracgpu top`` shows it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from extender.agent.fake import FIXTURES
+    from extender.kube import kubectl
+    from testbed.controlplane import free_port
+
+    ns = k8s.namespace
+    for name in ("fits", "greedy"):
+        gpu_namespace.create_namespaced_pod(ns, pod_body(ns, name, node=NODE,
+                                                         containers=[probe("main", units=10, memory_mib=1000)]))
+    pods = running(k8s, {"fits", "greedy"})
+    tasks = {line.split()[0]: int(line.split()[1]) for line in real_node._ctr("tasks", "ls").splitlines()[1:]}
+    pid = {name: tasks[pods[name].status.container_statuses[0].container_id.partition("://")[2]]
+           for name in ("fits", "greedy")}
+    gpu = {name: json.loads(pods[name].metadata.annotations[ASSIGNMENT_ANNOTATION])["containers"][0]["gpus"][0]["index"]
+           for name in ("fits", "greedy")}
+    elsewhere = next(i for i in range(8) if i not in gpu.values())
+    machine = json.loads((FIXTURES / f"{FIXTURE}.json").read_text())
+    machine["gpus"][gpu["fits"]].setdefault("processes", []).append({"pid": pid["fits"], "usedMiB": 600, "smUtil": 20})
+    machine["gpus"][gpu["greedy"]].setdefault("processes", []).append({"pid": pid["greedy"], "usedMiB": 1500})
+    machine["gpus"][elsewhere].setdefault("processes", []).extend([{"pid": pid["greedy"], "usedMiB": 100},
+                                                                    {"pid": os.getpid(), "usedMiB": 50}])
+    (tmp_path / "machine.json").write_text(json.dumps(machine))
+    port = free_port()
+    agent = control_plane.start_agent(NODE, "--node-name", NODE, "--fake", str(tmp_path / "machine.json"),
+                                      "--usage-interval", "0.5", "--metrics-listen", f"127.0.0.1:{port}")
+    try:
+        def scraped():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:  # not listening yet
+                assert agent.alive(), agent.tail()
+                return None
+            samples = {(s.name, s.labels.get("pod"), s.labels.get("gpu"), s.labels.get("kind")): s.value
+                       for family in text_string_to_metric_families(text) for s in family.samples
+                       if s.labels.get("namespace") in (ns, None)}
+            return samples if ("fracgpu_pod_gpu_memory_used_mib", "greedy", str(elsewhere), None) in samples else None
+
+        samples = k8s.wait(scraped, "the agent's per-pod usage on /metrics", 60)
+
+        def flagged_events():
+            events = k8s.core.list_namespaced_event(ns).items
+            found = sorted((e.involved_object.name, e.reason) for e in events
+                           if e.source and e.source.component == "fracgpu-agent")
+            return found if len(found) >= 2 else None
+
+        reasons = k8s.wait(flagged_events, "the agent's events", 30)
+        admin = str(control_plane.kubeconfig("admin"))
+
+        def top():
+            assert kubectl.main(["--kubeconfig", admin, "-o", "json", "top", "-n", ns]) == 0
+            rows = json.loads(capsys.readouterr().out)
+            return rows if len(rows) == 3 else None
+
+        rows = k8s.wait(top, "the usage ConfigMap", 30)
+    finally:
+        agent.stop()
+    used = {(pod, int(g)): v for (name, pod, g, _), v in samples.items() if name == "fracgpu_pod_gpu_memory_used_mib"}
+    assert used == {("fits", gpu["fits"]): 600, ("greedy", gpu["greedy"]): 1500, ("greedy", elsewhere): 100}
+    flagged = {(pod, int(g), kind) for (name, pod, g, kind), v in samples.items()
+               if name == "fracgpu_pod_gpu_flagged" and v == 1}
+    assert flagged == {("greedy", gpu["greedy"], "over-memory"), ("greedy", elsewhere, "unassigned-gpu")}
+    assert samples[("fracgpu_gpu_unattributed_memory_mib", None, str(elsewhere), None)] == 50  # this test itself
+
+    assert reasons == [("greedy", "GPUMemoryOverShare"), ("greedy", "GPUNotAssigned")]
+    assert [(r["pod"], r["container"], r["gpu"], r["used_mib"], r["share_mib"], r["flag"]) for r in rows] == [
+        ("fits", "main", gpu["fits"], 600, 1000, None),
+        *sorted([("greedy", "main", gpu["greedy"], 1500, 1000, "over-memory"),
+                 ("greedy", "main", elsewhere, 100, None, "unassigned-gpu")], key=lambda r: r[2])]
+    assert kubectl.main(["--kubeconfig", admin, "top", "-n", ns]) == 0
+    table = capsys.readouterr().out
+    print(table)
+    assert "1500/1000" in table and "unassigned-gpu" in table
