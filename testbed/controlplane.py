@@ -89,13 +89,15 @@ class ControlPlane:
     # ---------------------------------------------------------------- lifecycle
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, bin_dir: Path) -> Iterator["ControlPlane"]:
+    def start(cls, workdir: Path, bin_dir: Path, *, apply_deploy_rbac: bool = True) -> Iterator["ControlPlane"]:
+        """``apply_deploy_rbac=False``: an empty API server, for what installs fracgpu itself (the Helm chart)."""
         cp = cls(workdir=Path(workdir), bin=Path(bin_dir))
         try:
             cp._certificates()
             cp._start_etcd()
             cp._start_apiserver()
-            cp._apply_deploy_rbac()
+            if apply_deploy_rbac:
+                cp._apply_deploy_rbac()
             yield cp
         finally:
             cp.stop()
