@@ -51,8 +51,9 @@ def gpu_pod(name: str, uid: str, containers: dict[str, str], shares: dict[str, l
 
 
 class FakeApi:
-    def __init__(self, pods):
+    def __init__(self, pods, fail=0):
         self.pods = pods
+        self.fail = fail  # the next `fail` pod lists raise
         self.lists = 0
         self.events: list[tuple[str, dict]] = []
         self.configmaps: list[dict] = []
@@ -62,6 +63,9 @@ class FakeApi:
 
     def list_pods(self, node):
         self.lists += 1
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionRefusedError("connection refused")
         return copy.deepcopy(self.pods)
 
     def create_event(self, namespace, body):
@@ -275,3 +279,16 @@ def test_the_metrics_are_the_last_reading(machine):
     monitor.observe()
     text = generate_latest(monitor.registry).decode()
     assert 'pod="infer"' not in text
+
+
+def test_without_the_api_server_the_reading_is_still_exported_and_pods_are_attributed_once_it_answers(machine):
+    pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
+    api, clock = FakeApi([pod], fail=1), Clock()
+    monitor = monitor_for(machine, api, clock, relist_s=10)
+    machine.add(100, 0, 4000, cgroup_v1(POD_UID, CID))
+    first = monitor.observe()
+    assert first.containers == [] and first.unattributed_mib[0] == 4000  # no pods known: nobody flagged
+    assert 'fracgpu_gpu_unattributed_memory_mib{gpu="0"' in generate_latest(monitor.registry).decode()
+    clock.now = 10
+    assert [(r.pod, r.violation) for r in monitor.observe().containers] == [("infer", None)]
+    assert api.lists == 2 and api.events == []

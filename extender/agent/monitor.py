@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .publish import describe_api_error
 from .usage import OVER_MEMORY, Attribution, ContainerUsage, PodInfo, attribute, pod_info, read_cgroups, read_processes
 
 log = logging.getLogger("fracgpu.agent.usage")
@@ -98,8 +99,7 @@ class UsageMonitor:
         if self._listed_at is None:
             self._list_pods()
         attribution = attribute(reading, cgroups, self._pods)
-        if attribution.unknown and self._may_relist():
-            self._list_pods()
+        if attribution.unknown and self._may_relist() and self._list_pods():
             attribution = attribute(reading, cgroups, self._pods)
         self._flag(attribution.containers)
         self.gpus, self.last = reading.gpus, attribution  # on /metrics once its events are recorded
@@ -111,16 +111,21 @@ class UsageMonitor:
             try:
                 self.observe()
             except Exception as exc:  # the API server away: metrics keep the last reading; try next round
-                log.warning("usage round failed: %s: %s", type(exc).__name__, exc)
+                log.warning("usage round failed: %s", describe_api_error(exc))
             stop.wait(self.settings.interval_s)
 
     # ------------------------------------------------------------------ pods
     def _may_relist(self) -> bool:
         return self._listed_at is None or self.monotonic() - self._listed_at >= self.settings.relist_s
 
-    def _list_pods(self) -> None:
+    def _list_pods(self) -> bool:
+        """Refresh the node's pods; on failure keep those known (their processes stay attributed) and say so."""
         self._listed_at = self.monotonic()
-        pods = self.api.list_pods(self.node)
+        try:
+            pods = self.api.list_pods(self.node)
+        except Exception as exc:
+            log.warning("cannot list the pods of node %s: %s", self.node, describe_api_error(exc))
+            return False
         self.pod_lists.inc()
         self._pods = {}
         for pod in pods:
@@ -128,6 +133,7 @@ class UsageMonitor:
             if info.problem:
                 log.warning("%s", info.problem)
             self._pods[info.uid] = info
+        return True
 
     # ------------------------------------------------------------------ events
     def _flag(self, rows: list[ContainerUsage]) -> None:

@@ -214,8 +214,8 @@ def describe_api_error(exc: Exception) -> str:
     if status == 404:
         return "the node does not exist (is NODE_NAME the node's name?)"
     if status == 403:
-        return "forbidden: the agent's ServiceAccount needs get/patch on nodes and patch on nodes/status " \
-               "(deploy/50-agent.yaml)"
+        return "forbidden: the agent's ServiceAccount needs get/patch on nodes, patch on nodes/status, list on " \
+               "pods, create on events and create/patch on ConfigMaps of its namespace (deploy/50-agent.yaml)"
     if status is not None:
         reason = getattr(exc, "reason", "") or ""
         return f"HTTP {status} {reason}".strip()
