@@ -292,3 +292,16 @@ def test_without_the_api_server_the_reading_is_still_exported_and_pods_are_attri
     clock.now = 10
     assert [(r.pod, r.violation) for r in monitor.observe().containers] == [("infer", None)]
     assert api.lists == 2 and api.events == []
+
+
+def test_usage_print_names_each_processes_pod_and_container_without_an_api_server(machine, tmp_path, capsys):
+    from extender.agent.cli import main
+
+    machine.add(100, 2, 1234, cgroup_v2_systemd(POD_UID, CID), sm=7)
+    machine.add(101, 2, 10, "0::/system.slice/sshd.service\n")
+    (tmp_path / "machine.json").write_text(json.dumps(machine.machine))
+    assert main(["usage", "--print", "--fake", str(tmp_path / "machine.json"), "--proc-root", str(machine.proc)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(p["gpu"], p["pid"], p["used_mib"], p["sm_percent"], p["podUID"], p["containerID"])
+            for p in printed["processes"]] == [(2, 100, 1234, 7, POD_UID, CID), (2, 101, 10, None, None, None)]
+    assert printed["problems"] == [] and len(printed["gpus"]) == 8

@@ -2,6 +2,7 @@
 
     fracgpu-agent inventory --print                  # the real GPUs (needs the NVIDIA driver), no API server
     fracgpu-agent inventory --print --fake t4x4-two-sockets   # a fixture machine, for demos and tests
+    fracgpu-agent usage --print                      # the GPUs' processes, with their pods' UIDs (needs the host's /proc)
     fracgpu-agent run                                 # publish to $NODE_NAME and keep it current (the DaemonSet)
     fracgpu-agent run --node-name gpu-1 --kubeconfig ~/.kube/config --fake h100x8-nvswitch --once
     fracgpu-agent run --metrics-listen 0.0.0.0:9400   # also per-pod GPU usage on :9400/metrics
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 from prometheus_client import start_http_server
@@ -25,6 +27,7 @@ from .. import logs
 from ..core.settings import CoreSettings
 from .inventory import read_inventory
 from .monitor import MonitorSettings, UsageMonitor
+from .usage import read_cgroups, read_processes
 from .publish import KubeNodeApi, Publisher, PublishSettings, describe_api_error
 
 
@@ -36,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
                            help="print the inventory as JSON (the annotation, node totals, what failed)")
     inventory.add_argument("--fake", metavar="FIXTURE", help="answer from extender/agent/fixtures/FIXTURE.json")
     inventory.add_argument("--units-per-gpu", type=int, default=CoreSettings().units_per_gpu)
+
+    usage = sub.add_parser("usage", help="read the GPUs' processes once, with their pods' UIDs and containers' IDs")
+    usage.add_argument("--print", action="store_true", dest="print_", required=True,
+                       help="print them as JSON (no API server: pods by UID, containers by ID)")
+    usage.add_argument("--fake", metavar="FIXTURE", help="a fixture machine: a name in fixtures/ or a .json path")
+    usage.add_argument("--proc-root", default="/proc", help="where the host's processes are seen (default /proc)")
 
     defaults = PublishSettings()
     run = sub.add_parser("run", help="publish the inventory to this node and keep it current")
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "mps":
         return mps(args)
+    if args.command == "usage":
+        return usage(args)
     try:
         nvml = open_nvml(args.fake)
     except RuntimeError as exc:
@@ -113,6 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         "nodeStatus": {f"fracgpu.io/{k}": v for k, v in report.totals(args.units_per_gpu).items()},
         "annotation": json.loads(report.annotation(args.units_per_gpu)),
     }, indent=2))
+    return 0
+
+
+def usage(args: argparse.Namespace) -> int:
+    try:
+        nvml = open_nvml(args.fake)
+    except RuntimeError as exc:
+        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+        return 1
+    try:
+        reading = read_processes(nvml, {})
+    finally:
+        nvml.nvmlShutdown()
+    cgroups = read_cgroups(Path(args.proc_root), (p.pid for p in reading.processes))
+    processes = []
+    for process in reading.processes:
+        owner = cgroups.get(process.pid)
+        processes.append({**asdict(process), "podUID": owner[0] if owner else None,
+                          "containerID": owner[1] if owner else None})
+    print(json.dumps({"gpus": reading.gpus, "processes": processes, "problems": reading.problems}, indent=2))
     return 0
 
 
