@@ -50,8 +50,9 @@ def installed(tmp_path_factory):
         with ControlPlane.start(workdir, bin_dir, apply_deploy_rbac=False) as cp:
             kubeconfig = str(cp.kubeconfig("admin"))
             ca_bundle = base64.b64encode((cp.pki / "ca.crt").read_bytes()).decode()
-            run_helm(helm, "install", "fracgpu", str(CHART), "--namespace", "default", "--kubeconfig", kubeconfig,
-                     "--set", f"mps.enabled=true,admission.tls.caBundle={ca_bundle}")
+            install = run_helm(helm, "install", "fracgpu", str(CHART), "--namespace", "default", "--kubeconfig",
+                               kubeconfig, "--set", f"mps.enabled=true,admission.tls.caBundle={ca_bundle}")
+            cp.helm_install_output = install.stdout
             # what kube-controller-manager would do: each namespace's default ServiceAccount (the MPS daemon's)
             for namespace in (SYSTEM, NODE):
                 cp.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
@@ -70,6 +71,9 @@ def test_helm_installed_the_chart_into_the_api_server(installed):
     installed_objects = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(manifest) if d}
     assert {("Deployment", "fracgpu-scheduler"), ("DaemonSet", "fracgpu-agent"), ("DaemonSet", "fracgpu-mps"),
             ("MutatingWebhookConfiguration", "fracgpu-pods"), ("RuntimeClass", "nvidia")} <= installed_objects
+    notes = cp.helm_install_output.partition("NOTES:")[2]  # templates/NOTES.txt, rendered
+    assert "kubectl -n fracgpu-system rollout status deploy/fracgpu-scheduler" in notes
+    assert "Secret fracgpu-admission-tls must exist" in notes and "caBundle" not in notes  # it was given
     labels = {ns: cp.core.read_namespace(ns).metadata.labels["pod-security.kubernetes.io/enforce"]
               for ns in (SYSTEM, NODE)}
     assert labels == {SYSTEM: "restricted", NODE: "privileged"}
