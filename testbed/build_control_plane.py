@@ -139,10 +139,11 @@ def build(force: bool = False, log=print) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(argv: list[str] | None, *, what: str, description: str, build, regen) -> int:
+    """The build scripts' shared command line: ``--regen``, ``--force``; prints where the result is."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--regen", action="store_true", help="rewrite the wrapper go.mod/go.sum files")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the binaries exist")
+    parser.add_argument("--force", action="store_true", help="rebuild even if already built")
     args = parser.parse_args(argv)
     try:
         if args.regen:
@@ -150,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         out = build(force=args.force, log=lambda m: print(m, file=sys.stderr))
     except BuildError as exc:
-        print(f"control-plane build failed: {exc}", file=sys.stderr)
+        print(f"{what} build failed: {exc}", file=sys.stderr)
         return 1
-    print(f"control plane ready in {time.monotonic() - started:.1f} s: {out}", file=sys.stderr)
+    print(f"{what} ready in {time.monotonic() - started:.1f} s: {out}", file=sys.stderr)
     print(out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_line(argv, what="control plane", description=__doc__.splitlines()[0], build=build, regen=regen)
 
 
 if __name__ == "__main__":

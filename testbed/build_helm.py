@@ -7,12 +7,11 @@ As ``build_control_plane.py`` does for Kubernetes: the wrapper module ``testbed/
 The link flags are those of helm's own release Makefile: the version, and the Kubernetes version that
 ``helm template`` and ``helm lint`` assume without a cluster (that of the k8s.io modules helm is built with).
 
-    python testbed/build_helm.py            # build if needed, print the binary's path
-    python testbed/build_helm.py --regen    # rewrite testbed/gomod/helm/go.mod and go.sum for a new pin
+    python -m testbed.build_helm            # build if needed, print the binary's path
+    python -m testbed.build_helm --regen    # rewrite testbed/gomod/helm/go.mod and go.sum for a new pin
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.build_control_plane import BuildError, _go
+from testbed.build_control_plane import BuildError, _go, command_line
 
 HELM_VERSION = "v3.21.4"
 MODULE = "helm.sh/helm/v3"
@@ -101,21 +100,7 @@ def version(helm: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regen", action="store_true", help="rewrite the wrapper go.mod/go.sum")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the binary exists")
-    args = parser.parse_args(argv)
-    try:
-        if args.regen:
-            regen()
-        started = time.monotonic()
-        out = build(force=args.force, log=lambda m: print(m, file=sys.stderr))
-    except BuildError as exc:
-        print(f"helm build failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"helm ready in {time.monotonic() - started:.1f} s: {out}", file=sys.stderr)
-    print(out)
-    return 0
+    return command_line(argv, what="helm", description=__doc__.splitlines()[0], build=build, regen=regen)
 
 
 if __name__ == "__main__":

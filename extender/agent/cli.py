@@ -99,6 +99,15 @@ def open_nvml(fake: str | None):
     return nvml
 
 
+def _open_or_say(fake: str | None):
+    """:func:`open_nvml`, or None once the reason is on stderr."""
+    try:
+        return open_nvml(fake)
+    except RuntimeError as exc:
+        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -107,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return mps(args)
     if args.command == "usage":
         return usage(args)
-    try:
-        nvml = open_nvml(args.fake)
-    except RuntimeError as exc:
-        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+    nvml = _open_or_say(args.fake)
+    if nvml is None:
         return 1
     try:
         report = read_inventory(nvml)
@@ -128,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
-    try:
-        nvml = open_nvml(args.fake)
-    except RuntimeError as exc:
-        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+    nvml = _open_or_say(args.fake)
+    if nvml is None:
         return 1
     try:
         reading = read_processes(nvml, {})
@@ -166,10 +171,8 @@ def run(args: argparse.Namespace) -> int:
         where = args.kubeconfig or "in-cluster service account"
         print(f"fracgpu-agent: cannot load the Kubernetes configuration ({where}): {exc}", file=sys.stderr)
         return 2
-    try:
-        nvml = open_nvml(args.fake)
-    except RuntimeError as exc:
-        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+    nvml = _open_or_say(args.fake)
+    if nvml is None:
         return 1
     publisher = Publisher(nvml, api, args.node_name, settings, describe=describe_api_error)
     monitor = None
@@ -196,8 +199,12 @@ def run(args: argparse.Namespace) -> int:
             if args.metrics_listen:
                 host, _, port = args.metrics_listen.rpartition(":")
                 start_http_server(int(port), addr=host or "0.0.0.0", registry=monitor.registry)
-            threading.Thread(target=monitor.run, args=(stop,), name="usage", daemon=True).start()
+            usage_thread = threading.Thread(target=monitor.run, args=(stop,), name="usage", daemon=True)
+            usage_thread.start()
         publisher.run(stop)
+        if monitor is not None:
+            # a daemon thread still writing to stderr at interpreter exit aborts the process (exit -6)
+            usage_thread.join(timeout=5)
         logging.getLogger("fracgpu.agent").info("stopped after %d patches", publisher.patches)
         return 0
     finally:
@@ -208,10 +215,8 @@ def mps(args: argparse.Namespace) -> int:
     from .mps import MpsDaemon
 
     logs.configure(args.log_level)
-    try:
-        nvml = open_nvml(args.fake)
-    except RuntimeError as exc:
-        print(f"fracgpu-agent: {exc}", file=sys.stderr)
+    nvml = _open_or_say(args.fake)
+    if nvml is None:
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
