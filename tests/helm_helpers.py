@@ -78,8 +78,11 @@ FULL_VALUES = {
         "resources": {"requests": {"cpu": "20m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "tolerations": [],
     },
-    "networkPolicy": {"enabled": True, "apiServerPorts": [8443], "metricsScraperLabels": {"fracgpu.io/metrics-scraper": None,
-                                                                                  "app": "prometheus"}},
+    "networkPolicy": {
+        "enabled": True, "apiServerPorts": [8443],
+        "metricsScraperNamespaceLabels": {"fracgpu.io/metrics-scraper": None, "kubernetes.io/metadata.name": "monitoring"},
+        "metricsScraperLabels": {"fracgpu.io/metrics-scraper": None, "app": "prometheus"},
+    },
 }
 SWITCHES_KEPT = {("admission", "enabled"), ("agent", "enabled"), ("networkPolicy", "enabled"),
                  ("admission", "tls", "certManagerCertificate")}  # exclusive with caBundle; tested on its own

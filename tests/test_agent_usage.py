@@ -117,6 +117,9 @@ def test_a_containers_cgroup_names_its_pod_and_container_in_every_layout(uid, ci
     assert parse_cgroup(f"0::/kubepods/pod{uid}/{cid}\n") == (uid, cid)  # Guaranteed QoS
     assert parse_cgroup(f"0::/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice/cri-containerd-{cid}.scope")\
         == (uid, cid)
+    # seen from the agent's own cgroup namespace; a runtime's sub-cgroup (crun's /container)
+    assert parse_cgroup(f"0::/../../kubepods/{qos}/pod{uid}/{cid}\n") == (uid, cid)
+    assert parse_cgroup(cgroup_v2_systemd(uid, cid, runtime, qos).replace(".scope\n", ".scope/container\n")) == (uid, cid)
 
 
 @pytest.mark.parametrize("text", [
@@ -196,31 +199,102 @@ def test_a_pod_with_a_corrupt_or_copied_assignment_gets_no_share_and_the_rest_is
     assert {(r.pod, r.violation) for r in rows} == {("copied", UNASSIGNED), ("broken", UNASSIGNED)}
 
 
-def test_an_event_per_episode_and_a_relist_only_for_unknown_containers_at_most_once_per_interval(machine):
+def test_an_event_per_episode_at_most_once_per_interval_for_the_same_container_gpu_and_kind(machine):
     pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
     api, clock = FakeApi([pod]), Clock()
-    monitor = monitor_for(machine, api, clock, relist_s=10)
+    monitor = monitor_for(machine, api, clock, event_every_s=600)
     machine.add(100, 0, 9000, cgroup_v1(POD_UID, CID))
     for _ in range(3):
         monitor.observe()
-    assert len(api.events) == 1 and api.lists == 1            # flagged once while it lasts; pods known
-    machine.gpus[0]["processes"][0]["usedMiB"] = 8000         # back within its share
+    assert len(api.events) == 1                                # flagged once while it lasts
+    process = machine.gpus[0]["processes"][0]
+    for used in (8000, 8500, 8000, 8500):                      # hovering about its share: episodes, no flood
+        process["usedMiB"] = used
+        clock.now += 10
+        monitor.observe()
+    assert len(api.events) == 1
+    assert monitor.flags.labels(OVER_MEMORY)._value.get() == 3  # each episode still counted
+    process["usedMiB"] = 8000
+    clock.now = 600
     monitor.observe()
-    machine.gpus[0]["processes"][0]["usedMiB"] = 8500         # over again: a new episode
+    process["usedMiB"] = 8500                                  # ten minutes on: a new event
     monitor.observe()
     assert len(api.events) == 2
+
+
+def test_pods_are_listed_again_only_for_a_new_unknown_container_at_most_once_per_interval(machine):
+    pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
+    api, clock = FakeApi([pod]), Clock()
+    monitor = monitor_for(machine, api, clock, relist_s=10)
+    machine.add(100, 0, 1000, cgroup_v1(POD_UID, CID))
+    monitor.observe()
+    monitor.observe()
+    assert api.lists == 1  # nothing unknown: no list
 
     restarted = "e" * 64  # the container restarted: a new ID, not yet in the list the monitor has
     machine.gpus[0]["processes"].clear()
     machine.add(101, 0, 10, cgroup_v1(POD_UID, restarted))
     api.pods[0]["status"]["containerStatuses"][0]["containerID"] = f"containerd://{restarted}"
-    assert monitor.observe().containers == []  # unknown (10 s have not passed since the list at t=0)
+    assert monitor.observe().containers == []  # unknown, but 10 s have not passed since the list at t=0
     assert api.lists == 1
     clock.now = 10
     rows = monitor.observe().containers
     assert api.lists == 2 and [(r.pod, r.container, r.used_mib) for r in rows] == [("infer", "main", 10)]
+
+    gone = "22222222-3333-4444-8555-666666666666"  # a deleted pod whose process the driver still holds
+    machine.add(102, 1, 300, cgroup_v1(gone, "f" * 64))
+    clock.now = 20
     monitor.observe()
-    assert api.lists == 2  # nothing unknown: no list
+    assert api.lists == 3  # listed once for it
+    for clock.now in (30, 40, 50):
+        assert monitor.observe().unattributed_mib[1] == 300
+    assert api.lists == 3  # the list did not explain it: no list every interval for it
+
+
+def test_the_mps_servers_pod_is_fracgpus_own_and_flagged_for_nothing(machine):
+    """The MPS daemon's pod (in the agent's namespace) runs nvidia-cuda-mps-server, every MPS client's GPU
+    process: its memory counts as outside any pod, not as a pod on a GPU it was not given."""
+    mps_uid, mps_cid = "33333333-4444-4555-8666-777777777777", "9" * 64
+    daemon = gpu_pod("fracgpu-mps-x1", mps_uid, {"mps": mps_cid}, {}, namespace="fracgpu-node")
+    machine.add(100, 0, 300, cgroup_v1(mps_uid, mps_cid))
+    api = FakeApi([daemon])
+    rows = monitor_for(machine, api).observe()
+    assert rows.containers == [] and rows.unattributed_mib[0] == 300 and api.events == []
+
+
+def test_processes_in_a_runtimes_sub_cgroup_and_graphics_processes_are_attributed(machine):
+    """crun (CRI-O, cgroup v2) puts a container's processes in .../crio-<id>.scope/container; a graphics (Vulkan,
+    OpenGL) context holds memory as a compute one does, and a process in both lists counts once."""
+    pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
+    sub = cgroup_v2_systemd(POD_UID, CID, "crio").replace(".scope\n", ".scope/container\n")
+    assert parse_cgroup(sub) == (POD_UID, CID)
+    machine.add(100, 0, 1000, sub)
+    machine.gpus[0]["graphicsProcesses"] = [{"pid": 100, "usedMiB": 1200}]
+    machine.gpus[1]["graphicsProcesses"] = [{"pid": 100, "usedMiB": 50}]
+    rows = monitor_for(machine, FakeApi([pod])).observe().containers
+    assert [(r.gpu, r.used_mib, r.violation) for r in rows] == [(0, 1200, None), (1, 50, UNASSIGNED)]
+
+
+def test_a_cgroup_name_that_is_not_utf8_costs_only_that_process(machine):
+    pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
+    machine.add(100, 0, 1000, cgroup_v1(POD_UID, CID))
+    machine.add(101, 1, 70, "")
+    (machine.proc / "101" / "cgroup").write_bytes(b"0::/system.slice/\xff\xfe.service\n")
+    rows = monitor_for(machine, FakeApi([pod])).observe()
+    assert [(r.pod, r.gpu) for r in rows.containers] == [("infer", 0)] and rows.unattributed_mib[1] == 70
+
+
+def test_an_init_containers_event_names_it_and_a_share_without_uuid_is_found_by_index(machine):
+    pod = gpu_pod("infer", POD_UID, {"warmup": CID}, {"warmup": [(0, 1000)]})
+    pod["spec"] = {"initContainers": [{"name": "warmup"}], "containers": [{"name": "main"}]}
+    record = json.loads(pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION])
+    record["containers"][0]["gpus"][0]["uuid"] = None
+    pod["metadata"]["annotations"][ASSIGNMENT_ANNOTATION] = json.dumps(record)
+    machine.add(100, 0, 2000, cgroup_v1(POD_UID, CID))
+    api = FakeApi([pod])
+    (row,) = monitor_for(machine, api).observe().containers
+    assert (row.share_mib, row.violation) == (1000, OVER_MEMORY)
+    assert api.events[0][1]["involvedObject"]["fieldPath"] == "spec.initContainers{warmup}"
 
 
 def test_the_usage_configmap_is_written_on_material_change_only(machine):
@@ -305,3 +379,32 @@ def test_usage_print_names_each_processes_pod_and_container_without_an_api_serve
     assert [(p["gpu"], p["pid"], p["used_mib"], p["sm_percent"], p["podUID"], p["containerID"])
             for p in printed["processes"]] == [(2, 100, 1234, 7, POD_UID, CID), (2, 101, 10, None, None, None)]
     assert printed["problems"] == [] and len(printed["gpus"]) == 8
+
+
+def test_kubectl_top_skips_an_unreadable_usage_configmap_whole_and_names_it(machine):
+    from kubernetes.client import V1ConfigMap, V1ObjectMeta
+
+    from extender.kube.kubectl import top_table, usage
+
+    pod = gpu_pod("infer", POD_UID, {"main": CID}, {"main": [(0, 8192)]})
+    api = FakeApi([pod])
+    machine.add(100, 0, 9000, cgroup_v1(POD_UID, CID))
+    monitor_for(machine, api).observe()
+    good = api.configmaps[0]["data"]
+    partial = json.loads(good["usage.json"])
+    partial["node"] = "gpu-2"
+    partial["containers"].append({"namespace": "x"})  # after a good entry: nothing of this ConfigMap is shown
+    maps = [V1ConfigMap(metadata=V1ObjectMeta(name=name), data=data) for name, data in [
+        ("fracgpu-usage-gpu-1", good), ("fracgpu-usage-gpu-2", {"usage.json": json.dumps(partial)}),
+        ("fracgpu-usage-gpu-3", {"usage.json": "{not json"}), ("fracgpu-usage-gpu-4", None)]]
+
+    class Core:
+        def list_namespaced_config_map(self, namespace, label_selector):
+            assert (namespace, label_selector) == ("fracgpu-node", "app.kubernetes.io/component=gpu-usage")
+            return type("List", (), {"items": maps})
+
+    rows, problems = usage(Core(), "fracgpu-node", None)
+    assert [(r["node"], r["pod"], r["used_mib"], r["flag"]) for r in rows] == [("gpu-1", "infer", 9000, OVER_MEMORY)]
+    assert [p.split(" skipped")[0] for p in problems] == [f"ConfigMap fracgpu-node/fracgpu-usage-gpu-{i}"
+                                                         for i in (2, 3, 4)]
+    assert "9000/8192" in top_table(rows) and usage(Core(), "fracgpu-node", "other-team")[0] == []

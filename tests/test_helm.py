@@ -83,7 +83,8 @@ def test_the_full_values_set_every_value_to_something_else():
 
     def leaves(tree, path=()):
         if isinstance(tree, dict) and tree and not path[-1:] in (("requests",), ("limits",), ("nodeSelector",),
-                                                                 ("metricsScraperLabels",)):
+                                                                 ("metricsScraperLabels",),
+                                                                 ("metricsScraperNamespaceLabels",)):
             for key, value in tree.items():
                 yield from leaves(value, (*path, key))
         else:

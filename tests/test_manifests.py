@@ -122,7 +122,7 @@ def test_agent_role_is_exactly_what_the_agent_calls():
     # monitor: the usage ConfigMap by server-side apply, in the agent's own namespace
     assert role["metadata"]["namespace"] == "fracgpu-node"
     assert {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]} == {
-        ("configmaps", "create"), ("configmaps", "patch")}
+        ("configmaps", "create"), ("configmaps", "patch"), ("configmaps", "delete")}  # delete: see the Role
     binding = next(d for d in all_deploy_documents()
                    if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "fracgpu-agent")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fracgpu-agent", "namespace": "fracgpu-node"}]
@@ -142,3 +142,15 @@ def test_mps_daemonset_serves_exactly_the_nodes_and_paths_admission_sends_mps_po
     mounts = {m["mountPath"]: hosts[m["name"]] for m in daemon["volumeMounts"]}
     assert mounts == {MPS_ROOT: MPS_ROOT, "/dev/shm": MPS_VOLUMES["fracgpu-mps-shm"][0]}  # the clients' /dev/shm
     assert MPS_VOLUMES["fracgpu-mps-pipe"][0].startswith(MPS_ROOT + "/")
+
+
+def test_metrics_are_reachable_only_from_namespaces_a_tenant_cannot_label():
+    """The agent's /metrics names every GPU pod of its node. A NetworkPolicy peer with an empty namespaceSelector
+    would admit any pod a tenant labels; each peer must name namespace labels (which need the namespace's update
+    permission, an administrator's)."""
+    policies = [d for d in all_deploy_documents() if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["name"] for p in policies} == {"fracgpu-scheduler", "fracgpu-agent"}
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                assert peer["namespaceSelector"].get("matchLabels"), (policy["metadata"]["name"], peer)

@@ -205,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
         if monitor is not None:
             # a daemon thread still writing to stderr at interpreter exit aborts the process (exit -6)
             usage_thread.join(timeout=5)
+            if usage_thread.is_alive():  # stuck in an API call: neither shut NVML under it nor wait longer
+                logging.getLogger("fracgpu.agent").warning("usage round still in an API call: exiting")
+                logging.shutdown()
+                os._exit(0)
         logging.getLogger("fracgpu.agent").info("stopped after %d patches", publisher.patches)
         return 0
     finally:

@@ -9,12 +9,12 @@ handling is exercised against the real exception hierarchy. A fixture (``fixture
                "mig": false, "eccUncorrected": 0, "retiredPagesPending": false, "computeMode": 0,
                "nvlinks": [{"to": "switch" or "00000000:2A:00.0", "links": 18}, ...],
                "processes": [{"pid": 4242, "usedMiB": 2048, "smUtil": 35}, ...],  # compute processes
-               "mpsProcesses": [...],                      # MPS clients, the same way
+               "graphicsProcesses": [...], "mpsProcesses": [...],   # graphics processes, MPS clients
                "fail": {"uuid": "NotSupported", ...},      # a call answered with that NVMLError_*
                "lost": false}]}                           # every call: NVMLError_GpuIsLost
 
 Failable calls, by key: ``handle``, ``uuid``, ``name``, ``memory``, ``mig``, ``numa``, ``ecc``, ``retired``,
-``pci``, ``nvlink``, ``topology``, ``compute`` (get and set the compute mode), ``processes``, ``mps``,
+``pci``, ``nvlink``, ``topology``, ``compute`` (get and set the compute mode), ``processes``, ``graphics``, ``mps``,
 ``utilization``. A process without ``usedMiB`` has its memory unknown (NVML's None); one with ``smUtil`` gives a
 utilisation sample stamped with the fake's ``clock`` (1 at first; a test moves it on to make new samples).
 """
@@ -134,6 +134,9 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list:
         return self._processes(self._gpu(h, "processes").get("processes", []))
 
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h: int) -> list:
+        return self._processes(self._gpu(h, "graphics").get("graphicsProcesses", []))
+
     def nvmlDeviceGetMPSComputeRunningProcesses(self, h: int) -> list:
         return self._processes(self._gpu(h, "mps").get("mpsProcesses", []))
 
@@ -141,7 +144,8 @@ class FakeNvml:
         gpu = self._gpu(h, "utilization")
         samples = [SimpleNamespace(pid=p["pid"], timeStamp=self.clock, smUtil=p["smUtil"], memUtil=0, encUtil=0,
                                    decUtil=0)
-                   for p in gpu.get("processes", []) + gpu.get("mpsProcesses", []) if "smUtil" in p]
+                   for key in ("processes", "graphicsProcesses", "mpsProcesses") for p in gpu.get(key, [])
+                   if "smUtil" in p]
         samples = [s for s in samples if s.timeStamp > last_seen]
         if not samples:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)

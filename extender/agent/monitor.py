@@ -5,14 +5,17 @@ and this node's pods, and then
 
 * serves the result as Prometheus metrics (:class:`UsageCollector`, on the agent's ``/metrics``);
 * records a Warning event on a pod when one of its containers starts to use a GPU it was not assigned or more
-  memory than its share (once per episode: again only after the condition cleared and came back);
+  memory than its share (once per episode, and for the same container, GPU and kind at most once per
+  ``event_every_s``: memory hovering about the share does not flood the namespace's events);
 * publishes a summary in the ConfigMap ``fracgpu-usage-<node>`` of the agent's namespace, which ``kubectl
   fracgpu top`` reads. It is written when a container appears or goes, a flag changes, or some memory figure
   moved by ``memory_threshold_mib``; otherwise at most every ``publish_every_s`` (utilisation alone moves all the
   time). Usage is kept off the Node object: a Node update makes the extender recompute that node.
 
-The node's pods are listed (field selector on this node) at the start and when a process of an unknown pod or
-container shows up, at most once per ``relist_s``.
+The node's pods are listed (field selector on this node, from the API server's cache) at the start and when a
+process of an unknown pod or container shows up, at most once per ``relist_s``; what a list did not explain (a
+pod deleted while the driver still holds its process, a static pod) does not make it list again. Pods of the
+agent's own namespace (the MPS daemon's, whose server is every MPS client's GPU process) count as no pod.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class MonitorSettings:
     relist_s: float = 10.0
     memory_threshold_mib: int = 256
     publish_every_s: float = 60.0
+    event_every_s: float = 600.0
 
 
 def usage_configmap_name(node: str) -> str:
@@ -83,7 +87,11 @@ class UsageMonitor:
         self._samples: dict[int, int] = {}
         self._pods: dict[str, PodInfo] = {}
         self._listed_at: float | None = None
+        self._system: set[str] = set()        # UIDs of the pods of the agent's namespace
+        self._unresolved: set[tuple[str, str]] = set()  # (pod UID, container ID) the last list did not explain
         self._flagged: set[tuple[tuple[str, str, str], str]] = set()
+        self._evented: dict[tuple[tuple[str, str, str], str], float] = {}  # flag -> when its last event was
+        self._stop = threading.Event()
         self._published: dict | None = None
         self._published_at = 0.0
         self._problems: list[str] = []
@@ -98,15 +106,18 @@ class UsageMonitor:
         cgroups = read_cgroups(self.settings.proc_root, (p.pid for p in reading.processes))
         if self._listed_at is None:
             self._list_pods()
-        attribution = attribute(reading, cgroups, self._pods)
-        if attribution.unknown and self._may_relist() and self._list_pods():
-            attribution = attribute(reading, cgroups, self._pods)
+        attribution = attribute(reading, cgroups, self._pods, self._system)
+        self._unresolved &= attribution.unknown
+        if attribution.unknown - self._unresolved and self._may_relist() and self._list_pods():
+            attribution = attribute(reading, cgroups, self._pods, self._system)
+            self._unresolved = set(attribution.unknown)
         self._flag(attribution.containers)
         self.gpus, self.last = reading.gpus, attribution  # on /metrics once its events are recorded
         self._publish(attribution)
         return attribution
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop  # checked between API calls, so that SIGTERM is not held up by a round
         while not stop.is_set():
             try:
                 self.observe()
@@ -127,9 +138,12 @@ class UsageMonitor:
             log.warning("cannot list the pods of node %s: %s", self.node, describe_api_error(exc))
             return False
         self.pod_lists.inc()
-        self._pods = {}
+        self._pods, self._system = {}, set()
         for pod in pods:
             info = pod_info(pod)
+            if info.namespace == self.settings.namespace:
+                self._system.add(info.uid)
+                continue
             if info.problem:
                 log.warning("%s", info.problem)
             self._pods[info.uid] = info
@@ -138,17 +152,23 @@ class UsageMonitor:
     # ------------------------------------------------------------------ events
     def _flag(self, rows: list[ContainerUsage]) -> None:
         now = {(row.key, row.violation): row for row in rows if row.violation}
+        clock = self.monotonic()
         for key, row in now.items():
             if key in self._flagged:
                 continue
             self.flags.labels(row.violation).inc()
             message = describe(row)
             log.warning("pod %s/%s: %s", row.namespace, row.pod, message)
+            last = self._evented.get(key)
+            if (last is not None and clock - last < self.settings.event_every_s) or self._stop.is_set():
+                continue
+            self._evented[key] = clock
             try:
                 self.api.create_event(row.namespace, self._event(row, message))
             except Exception as exc:
                 log.warning("cannot record the event on pod %s/%s: %s", row.namespace, row.pod, exc)
         self._flagged = set(now)
+        self._evented = {k: t for k, t in self._evented.items() if clock - t < self.settings.event_every_s}
 
     def _event(self, row: ContainerUsage, message: str) -> dict:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -156,7 +176,8 @@ class UsageMonitor:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{row.pod}.", "namespace": row.namespace},
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": row.namespace, "name": row.pod,
-                               "uid": row.uid, "fieldPath": f"spec.containers{{{row.container}}}"},
+                               "uid": row.uid, "fieldPath": self._pods[row.uid].field_paths.get(
+                                   row.container, f"spec.containers{{{row.container}}}")},
             "type": "Warning", "reason": REASONS[row.violation], "message": message,
             "source": {"component": "fracgpu-agent", "host": self.node},
             "reportingComponent": "fracgpu.io/agent", "reportingInstance": self.node,
@@ -175,7 +196,7 @@ class UsageMonitor:
     def _publish(self, attribution: Attribution) -> None:
         summary = self.summary(attribution)
         due = self.monotonic() - self._published_at >= self.settings.publish_every_s
-        if summary == self._published or not (due or self._material(summary)):
+        if summary == self._published or not (due or self._material(summary)) or self._stop.is_set():
             return
         body = {
             "apiVersion": "v1", "kind": "ConfigMap",

@@ -195,7 +195,7 @@ class KubeNodeApi:
 
     # the usage monitor's calls (monitor.UsageApi)
     def list_pods(self, node: str) -> list[dict]:
-        response = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+        response = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", resource_version="0",
                                                          _preload_content=False, _request_timeout=self.timeout)
         return json.loads(response.data).get("items") or []
 

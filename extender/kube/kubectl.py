@@ -129,11 +129,11 @@ def usage(core: client.CoreV1Api, agent_namespace: str, namespace: str | None) -
         try:
             summary = json.loads((configmap.data or {})[USAGE_KEY])
             node, read_at = str(summary["node"]), str(summary.get("readAt", ""))
-            for entry in summary["containers"]:
-                if not all(isinstance(entry.get(k), t) for k, t in _USAGE_FIELDS.items()):
-                    raise ValueError(f"an entry lacks one of {', '.join(_USAGE_FIELDS)}")
-                if namespace is None or entry["namespace"] == namespace:
-                    rows.append({"node": node, **{k: entry[k] for k in _USAGE_FIELDS}, "readAt": read_at})
+            entries = list(summary["containers"])
+            if not all(isinstance(e.get(k), t) for e in entries for k, t in _USAGE_FIELDS.items()):
+                raise ValueError(f"an entry lacks one of {', '.join(_USAGE_FIELDS)}")
+            rows += [{"node": node, **{k: e[k] for k in _USAGE_FIELDS}, "readAt": read_at}
+                     for e in entries if namespace is None or e["namespace"] == namespace]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problems.append(f"ConfigMap {agent_namespace}/{configmap.metadata.name} skipped: not the agent's usage "
                             f"({type(exc).__name__}: {exc})")
