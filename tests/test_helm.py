@@ -158,7 +158,7 @@ def test_full_values_reach_the_extender_agent_and_scheduler(full_objects, tmp_pa
     assert scheduler["image"] == "registry.example/kube-scheduler:v1.35.2" and "--v=4" in scheduler["command"]
     assert scheduler["resources"] == FULL_VALUES["scheduler"]["resources"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
-    assert secrets == {"admission-tls": "admission-tls", "extender-tls": "extender-tls",
+    assert secrets == {"admission-tls": "admission-tls", "extender-tls": "extender-tls", "extender-ca": "extender-tls",
                        "scheduler-tls": "scheduler-client-tls"}
 
 
@@ -242,11 +242,35 @@ def test_extender_tls_is_the_https_scheduler_configuration_on_loopback(helm, tmp
     ("scheduler.image.pullPolicy=Sometimes", "at '/scheduler/image/pullPolicy'"),
     ("extender.probePort=8888", "extender.probePort: must differ from extender.port"),
     ("runtimeClass.names=[]", "runtimeClass.names: admission needs at least one"),
+    ("admission.port=10259", "admission.port: 10259 is kube-scheduler's secure port"),
+    ("namespaces.node=fracgpu-system", "namespaces.node: must differ from namespaces.scheduler"),
+    ("extender.tls.serverName=a: b", "at '/extender/tls/serverName'"),
+    # both scraper selectors emptied would admit every pod of every namespace to the metrics ports
+    ("networkPolicy.metricsScraperNamespaceLabels.fracgpu\\.io/metrics-scraper=null",
+     "at '/networkPolicy/metricsScraperNamespaceLabels'"),
 ])
 def test_a_wrong_value_fails_naming_it(helm, setting, named):
     flag = "--set-json" if setting.endswith("[]") else "--set"
     proc = run_helm(helm, "template", "fracgpu", str(CHART), flag, setting, check=False)
     assert proc.returncode != 0 and named in proc.stderr, proc.stderr
+
+
+def test_node_components_take_the_first_runtime_class_unless_given_their_own(helm):
+    objects = render(helm, "--set-json", 'runtimeClass.names=["gpu","nvidia-cdi"]', "--set", "mps.enabled=true")
+    assert find(objects, "RuntimeClass")["metadata"]["name"] == "gpu"
+    for name in ("fracgpu-agent", "fracgpu-mps"):
+        assert find(objects, "DaemonSet", name)["spec"]["template"]["spec"]["runtimeClassName"] == "gpu"
+    own = render(helm, "--set", "agent.runtimeClassName=,agent.usageInterval=0")
+    agent = find(own, "DaemonSet", "fracgpu-agent")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in agent and "--usage-interval=0" in agent["containers"][0]["args"]
+
+
+def test_kube_scheduler_gets_the_extenders_ca_and_not_its_key(helm):
+    spec = find(render(helm, "--set", "extender.tls.enabled=true"), "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    (scheduler,) = [c for c in spec["containers"] if c["name"] == "kube-scheduler"]
+    mounted = {m["name"] for m in scheduler["volumeMounts"]} & set(volumes)
+    assert [volumes[n].get("items") for n in mounted] == [[{"key": "ca.crt", "path": "ca.crt"}]]
 
 
 # ---------------------------------------------------------------- deploy/ is the chart rendered

@@ -16,6 +16,12 @@ fracgpu-admission.{{ .Values.namespaces.scheduler }}.svc
 {{ if .Values.extender.tls.enabled }}https{{ else }}http{{ end }}://127.0.0.1:{{ .Values.extender.port }}
 {{- end }}
 
+{{/* A node component's RuntimeClass: its own value where set ("" for none), else the first of
+runtimeClass.names. */}}
+{{- define "fracgpu.runtimeClass" -}}
+{{- if kindIs "invalid" .own }}{{ first .names | default "" }}{{ else }}{{ .own }}{{ end }}
+{{- end }}
+
 {{/* The fracgpu image. */}}
 {{- define "fracgpu.image" -}}
 image: {{ printf "%s:%s" .Values.image.repository .Values.image.tag | quote }}   # built from this repository's Dockerfile
@@ -32,6 +38,14 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 {{- end }}
 {{- if and .Values.admission.enabled (or (eq (int .Values.admission.port) (int .Values.extender.port)) (eq (int .Values.admission.port) (int .Values.extender.probePort))) }}
 {{- fail "admission.port: must differ from extender.port and extender.probePort" }}
+{{- end }}
+{{- range $name, $port := dict "extender.port" .Values.extender.port "extender.probePort" .Values.extender.probePort "admission.port" .Values.admission.port }}
+{{- if eq (int $port) 10259 }}
+{{- fail (printf "%s: 10259 is kube-scheduler's secure port, in the same pod" $name) }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.namespaces.scheduler .Values.namespaces.node }}
+{{- fail "namespaces.node: must differ from namespaces.scheduler (the node components need Pod Security privileged, the scheduler's is restricted)" }}
 {{- end }}
 {{- if and .Values.admission.tls.caBundle .Values.admission.tls.certManagerCertificate }}
 {{- fail "admission.tls: give caBundle or certManagerCertificate, not both" }}
