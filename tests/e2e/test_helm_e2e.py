@@ -205,3 +205,26 @@ def test_the_scheduler_places_a_fractional_pod_through_the_installed_chart(insta
     (container,) = assignment["containers"]
     (share,) = container["gpus"]
     assert (assignment["node"], share["units"], share["memoryMiB"]) == ("helm-gpu-0", 30, 4000)
+
+
+def test_the_webhook_rendered_with_every_value_changed_compiles_in_the_api_server(installed, tmp_path):
+    """The full values' webhook (other resource-name prefixes, other RuntimeClasses) is generated CEL: the API
+    server compiles matchConditions when the object is created, so a server-side dry run refuses one that does not
+    compile (shown with a broken copy)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from helm_helpers import FULL_VALUES, find, render, values_file
+
+    cp, helm, _ = installed
+    webhook = find(render(helm, "-f", str(values_file(tmp_path, FULL_VALUES))), "MutatingWebhookConfiguration")
+    webhook["metadata"] = {"name": "fracgpu-full-values"}
+    admission = client.AdmissionregistrationV1Api(cp.api_client())
+    created = admission.create_mutating_webhook_configuration(webhook, dry_run="All")
+    conditions = created.webhooks[0].match_conditions
+    assert "gpu-runtime" in conditions[0].expression  # the full values' RuntimeClass reached the CEL
+    conditions[0].expression = conditions[0].expression.replace("startsWith(", "startsWith((", 1)
+    broken = {**cp.api_client().sanitize_for_serialization(created), "metadata": {"name": "fracgpu-broken"}}
+    with pytest.raises(ApiException) as refused:
+        admission.create_mutating_webhook_configuration(broken, dry_run="All")
+    assert refused.value.status == 422 and "matchConditions" in refused.value.body
