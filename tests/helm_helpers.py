@@ -5,13 +5,12 @@ Under ``CI=true`` a helm that cannot be built fails the tests with Go's own erro
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.prerequisites import unavailable
 from testbed.build_control_plane import BuildError
 from testbed.build_helm import build, helm_env
 from testbed.render_deploy import CHART
@@ -88,17 +87,11 @@ SWITCHES_KEPT = {("admission", "enabled"), ("agent", "enabled"), ("networkPolicy
                  ("admission", "tls", "certManagerCertificate")}  # exclusive with caBundle; tested on its own
 
 
-def _unavailable(message: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 def helm_binary() -> Path:
     try:
         return build(log=lambda m: print(m, flush=True))
     except BuildError as exc:
-        _unavailable(f"cannot build helm: {exc}")
+        unavailable(f"cannot build helm: {exc}")
 
 
 def run_helm(helm: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,15 +5,17 @@ elsewhere they are skipped with that error shown.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from tests.prerequisites import unavailable
 from testbed.build_control_plane import BuildError, build
 from testbed.controlplane import TENANT_USER, ControlPlane, ControlPlaneError
 from extender.core.settings import ASSIGNMENT_ANNOTATION, GPUS_ANNOTATION, POOL_LABEL
@@ -23,37 +25,40 @@ SCHEDULER = "fracgpu-scheduler"
 PRIORITIES = {"low": 100, "mid": 500, "high": 1000, "pinned": 2000}
 
 
-def _unavailable(message: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+_unavailable = unavailable  # as tests import it
+
+
+@contextlib.contextmanager
+def started_control_plane(tmp_path_factory, name: str, **start) -> Iterator[ControlPlane]:
+    """A control plane of its own (``ControlPlane.start``'s keywords), built first; unavailable if it cannot be."""
+    try:
+        bin_dir = build(log=lambda m: print(m, flush=True))
+    except BuildError as exc:
+        unavailable(f"cannot build the control plane: {exc}")
+    try:
+        with ControlPlane.start(tmp_path_factory.mktemp(name), bin_dir, **start) as cp:
+            yield cp
+    except ControlPlaneError as exc:
+        unavailable(f"cannot start the control plane: {exc}")
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory):
-    try:
-        bin_dir = build(log=lambda m: print(m, flush=True))
-    except BuildError as exc:
-        _unavailable(f"cannot build the control plane: {exc}")
-    workdir = tmp_path_factory.mktemp("control-plane")
-    try:
-        with ControlPlane.start(workdir, bin_dir) as cp:
-            cp.core.create_namespaced_service_account("default", {"metadata": {"name": "default"}})
-            from kubernetes import client
+    with started_control_plane(tmp_path_factory, "control-plane") as cp:
+        cp.core.create_namespaced_service_account("default", {"metadata": {"name": "default"}})
+        from kubernetes import client
 
-            scheduling = client.SchedulingV1Api(cp.api_client())
-            for name, value in PRIORITIES.items():
-                scheduling.create_priority_class({"metadata": {"name": name}, "value": value})
-            kubelet = cp.fake_kubelet = FakeKubelet(cp)
-            kubelet.start()
-            cp.start_extender("--policy", "binpack")
-            cp.start_scheduler()
-            try:
-                yield cp
-            finally:
-                kubelet.stop()
-    except ControlPlaneError as exc:
-        _unavailable(f"cannot start the control plane: {exc}")
+        scheduling = client.SchedulingV1Api(cp.api_client())
+        for name, value in PRIORITIES.items():
+            scheduling.create_priority_class({"metadata": {"name": name}, "value": value})
+        kubelet = cp.fake_kubelet = FakeKubelet(cp)
+        kubelet.start()
+        cp.start_extender("--policy", "binpack")
+        cp.start_scheduler()
+        try:
+            yield cp
+        finally:
+            kubelet.stop()
 
 
 class FakeKubelet(threading.Thread):

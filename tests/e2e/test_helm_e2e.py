@@ -19,9 +19,9 @@ import yaml
 
 from extender.core.settings import ASSIGNMENT_ANNOTATION
 from extender.testing.factories import gpu_pod
-from helm_helpers import _unavailable, helm_binary, run_helm
-from testbed.build_control_plane import BuildError, build
-from testbed.controlplane import ControlPlane, ControlPlaneError, free_port
+from helm_helpers import helm_binary, run_helm
+from testbed.controlplane import ControlPlane, free_port
+from tests.e2e.conftest import started_control_plane
 from testbed.render_deploy import CHART
 
 SYSTEM, NODE = "fracgpu-system", "fracgpu-node"  # the chart's default namespaces
@@ -41,24 +41,16 @@ def installed(tmp_path_factory):
     """A fresh control plane with the chart installed by `helm install` (defaults, the MPS daemon on, the e2e CA as
     the webhook's caBundle); yields (control plane, helm, the admin kubeconfig)."""
     helm = helm_binary()
-    try:
-        bin_dir = build(log=lambda m: print(m, flush=True))
-    except BuildError as exc:
-        _unavailable(f"cannot build the control plane: {exc}")
-    workdir = tmp_path_factory.mktemp("helm-control-plane")
-    try:
-        with ControlPlane.start(workdir, bin_dir, apply_deploy_rbac=False) as cp:
-            kubeconfig = str(cp.kubeconfig("admin"))
-            ca_bundle = base64.b64encode((cp.pki / "ca.crt").read_bytes()).decode()
-            install = run_helm(helm, "install", "fracgpu", str(CHART), "--namespace", "default", "--kubeconfig",
-                               kubeconfig, "--set", f"mps.enabled=true,admission.tls.caBundle={ca_bundle}")
-            cp.helm_install_output = install.stdout
-            # what kube-controller-manager would do: each namespace's default ServiceAccount (the MPS daemon's)
-            for namespace in (SYSTEM, NODE):
-                cp.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
-            yield cp, helm, kubeconfig
-    except ControlPlaneError as exc:
-        _unavailable(f"cannot start the control plane: {exc}")
+    with started_control_plane(tmp_path_factory, "helm-control-plane", apply_deploy_rbac=False) as cp:
+        kubeconfig = str(cp.kubeconfig("admin"))
+        ca_bundle = base64.b64encode((cp.pki / "ca.crt").read_bytes()).decode()
+        install = run_helm(helm, "install", "fracgpu", str(CHART), "--namespace", "default", "--kubeconfig",
+                           kubeconfig, "--set", f"mps.enabled=true,admission.tls.caBundle={ca_bundle}")
+        cp.helm_install_output = install.stdout
+        # what kube-controller-manager would do: each namespace's default ServiceAccount (the MPS daemon's)
+        for namespace in (SYSTEM, NODE):
+            cp.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+        yield cp, helm, kubeconfig
 
 
 def test_helm_installed_the_chart_into_the_api_server(installed):
