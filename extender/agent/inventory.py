@@ -83,8 +83,8 @@ def _read_gpu(nvml: Any, index: int, handle: Any, problems: list[str]) -> dict:
             problems.append(f"{where} {what}: {_name(exc)}")
             return default
 
-    record["uuid"] = field_("UUID", lambda: _text(nvml.nvmlDeviceGetUUID(handle)))
-    record["model"] = field_("name", lambda: _text(nvml.nvmlDeviceGetName(handle)), "unknown")
+    record["uuid"] = field_("UUID", lambda: nvml_text(nvml.nvmlDeviceGetUUID(handle)))
+    record["model"] = field_("name", lambda: nvml_text(nvml.nvmlDeviceGetName(handle)), "unknown")
     memory = field_("memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
     record["memoryMiB"] = max(1, memory.total // MIB) if memory is not None else 1
     record["usedMemoryMiB"] = memory.used // MIB if memory is not None else 0
@@ -159,12 +159,13 @@ def _name(exc: BaseException) -> str:
     return f"{type(exc).__name__.removeprefix('NVMLError_') or 'NVMLError'} ({exc})"
 
 
-def _text(value: Any) -> str:
+def nvml_text(value: Any) -> str:
+    """A string NVML returned: bytes from older nvidia-ml-py, str from newer."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bus(bus_id: Any) -> str:
     """PCI bus ids compared case-insensitively, domain normalised to 8 digits (NVML mixes 4 and 8)."""
-    text = _text(bus_id).strip().lower()
+    text = nvml_text(bus_id).strip().lower()
     domain, _, rest = text.partition(":")
     return f"{int(domain, 16):08x}:{rest}" if rest else text

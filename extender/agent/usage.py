@@ -25,6 +25,7 @@ from typing import Any, Collection, Iterable, Mapping
 from ..core.assignment import from_annotation
 from ..core.errors import CorruptAnnotation
 from ..core.settings import ASSIGNMENT_ANNOTATION
+from .inventory import nvml_text
 
 MIB = 1024 * 1024
 OVER_MEMORY = "over-memory"
@@ -65,7 +66,7 @@ def read_processes(nvml: Any, last_sample: dict[int, int]) -> GpuReading:
     for index in range(count):
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+            uuid = nvml_text(nvml.nvmlDeviceGetUUID(handle))
             processes = list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
         except nvml.NVMLError as exc:
             reading.problems.append(f"GPU {index} processes: {exc}")
@@ -230,7 +231,3 @@ def read_cgroups(proc_root: Path, pids: Iterable[int]) -> dict[int, tuple[str, s
         except OSError:
             continue
     return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
